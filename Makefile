@@ -1,0 +1,34 @@
+# Two set-up commands: `make demo` and `make test`. Both create .venv and install on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# glibc malloc settings that make CPU training steps ~20% faster (fewer page faults)
+export MALLOC_MMAP_THRESHOLD_ ?= 17179869184
+export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
+export MALLOC_TOP_PAD_ ?= 1073741824
+
+DEMO_RUN := runs/demo
+DEMO_IMAGES := u2plus/demo_data/camvid_half/val/0016E5_07959.jpg \
+               u2plus/demo_data/camvid_half/val/0016E5_08055.jpg \
+               u2plus/demo_data/camvid_half/val/0016E5_08151.jpg
+
+.PHONY: demo test install clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/u2plus train configs/demo/suponly.yaml out_dir=$(DEMO_RUN)/suponly
+	$(BIN)/u2plus predict --checkpoint $(DEMO_RUN)/suponly/last.pt $(DEMO_IMAGES) --out $(DEMO_RUN)/predictions
+	@echo "demo done: metrics in $(DEMO_RUN)/suponly/metrics.json, overlays in $(DEMO_RUN)/predictions/"
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf runs .pytest_cache

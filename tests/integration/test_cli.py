@@ -1,0 +1,158 @@
+"""The CLI contract on the embedded demo data: train, eval, predict, splits, errors, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from u2plus.cli import main
+from u2plus.engine import trainer as trainer_module
+
+from ..conftest import DEMO_ROOT, REPO, tiny_overrides
+
+DEMO_CONFIG = str(REPO / "configs" / "demo" / "suponly.yaml")
+DEMO_OVERRIDES = [f"data.root={DEMO_ROOT}"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, *tiny_overrides(out)]) == 0
+    return out
+
+
+def test_train_writes_run_folder(trained_run):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["mIoU"] <= 100.0
+    assert set(metrics["per_class"]) == {"sky", "building", "pole", "road", "pavement", "tree",
+                                         "sign_symbol", "fence", "car", "pedestrian", "bicyclist"}
+    assert metrics["steps"] == 4 and metrics["labeled_images"] == 31
+    assert (trained_run / "last.pt").is_file() and (trained_run / "config.yaml").is_file()
+    assert any((trained_run / "tb").iterdir()), "no TensorBoard event file"
+    state = torch.load(trained_run / "last.pt", weights_only=True)
+    assert state["step"] == 4 and "optimizer" in state and "rng" in state and "scheduler" in state
+
+
+def test_eval_prints_one_json_line(trained_run, capsys, tmp_path):
+    out_file = tmp_path / "val.json"
+    code = main(["eval", DEMO_CONFIG, *DEMO_OVERRIDES, "--checkpoint", str(trained_run / "last.pt"),
+                 "--out", str(out_file)])
+    assert code == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["split"] == "val" and result["num_images"] == 34
+    assert json.loads(out_file.read_text()) == result
+    # the same checkpoint evaluated by the trainer at the end of training gives the same number
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert result["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-9)
+
+
+def test_eval_other_split(trained_run, capsys):
+    assert main(["eval", DEMO_CONFIG, *DEMO_OVERRIDES, "--checkpoint", str(trained_run / "last.pt"),
+                 "--split", "train"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["split"] == "train" and result["num_images"] == 123
+
+
+def test_predict_files_and_folders(trained_run, tmp_path):
+    image = DEMO_ROOT / "val" / "0016E5_07959.jpg"
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "b.jpg").write_bytes((DEMO_ROOT / "val" / "0016E5_08055.jpg").read_bytes())
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(trained_run / "last.pt"), str(image), str(folder),
+                 "--out", str(out)]) == 0
+    from PIL import Image
+
+    for stem in ("0016E5_07959", "b"):
+        for kind in ("mask", "overlay", "labels"):
+            assert (out / f"{stem}_{kind}.png").is_file()
+        with Image.open(out / f"{stem}_labels.png") as im:
+            assert im.size == (240, 180)  # the input image's own resolution
+            assert int(np.asarray(im).max()) < 11
+
+
+def test_splits_command(tmp_path, capsys):
+    assert main(["splits", "--dataset", "camvid", "--root", str(DEMO_ROOT), "--labeled", "1/4",
+                 "--seed", "0", "--out", str(tmp_path)]) == 0
+    shipped = REPO / "u2plus" / "splits" / "camvid_demo"
+    assert (tmp_path / "labeled.txt").read_text() == (shipped / "labeled.txt").read_text()
+    assert (tmp_path / "unlabeled.txt").read_text() == (shipped / "unlabeled.txt").read_text()
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("\r")]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_unknown_config_key_is_one_line(capsys, tmp_path):
+    assert main(["train", DEMO_CONFIG, "train.max_iter=3", f"out_dir={tmp_path}"]) == 2
+    line = _one_error_line(capsys)
+    assert "train.max_iter" in line and "train.max_iters" in line
+
+
+def test_missing_split_ids_name_the_file(capsys, tmp_path):
+    split = tmp_path / "labeled.txt"
+    split.write_text("0016E5_07959\nno_such_image\n")
+    assert main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, f"data.labeled={split}", f"out_dir={tmp_path}"]) == 2
+    line = _one_error_line(capsys)
+    assert str(split) in line and "no_such_image" in line
+
+
+def test_corrupt_image_named_before_training(capsys, tmp_path, monkeypatch):
+    root = tmp_path / "camvid"
+    for sub in ("train", "trainannot", "val", "valannot"):
+        (root / sub).mkdir(parents=True)
+        for f in sorted((DEMO_ROOT / sub).iterdir())[:3]:
+            (root / sub / f.name).write_bytes(f.read_bytes())
+    bad = sorted((root / "train").iterdir())[1]
+    bad.write_bytes(b"not an image at all")
+    started = []
+    monkeypatch.setattr(trainer_module, "build_segmentor", lambda *a, **k: started.append(1))
+    assert main(["train", DEMO_CONFIG, f"data.root={root}", "data.labeled=null", f"out_dir={tmp_path / 'o'}"]) == 2
+    line = _one_error_line(capsys)
+    assert str(bad) in line
+    assert not started, "the model was built before the data was checked"
+
+
+def test_missing_checkpoint(capsys, tmp_path):
+    assert main(["eval", DEMO_CONFIG, "--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    assert str(tmp_path / "nope.pt") in _one_error_line(capsys)
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    """Stop a run right after its step-2 checkpoint, resume it: the final weights equal an
+    uninterrupted run's bit for bit (same data order, same learning rates, same RNG)."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, *tiny_overrides(full)]) == 0
+
+    real_save = trainer_module.save_checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(state, path):
+        real_save(state, path)
+        raise Stop()
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(Stop):
+        main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, *tiny_overrides(cut)])
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    assert torch.load(cut / "last.pt", weights_only=True)["step"] == 2
+    assert main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, *tiny_overrides(cut), "resume=auto"]) == 0
+
+    a = torch.load(full / "last.pt", weights_only=True)
+    b = torch.load(cut / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    for key, value in a["method"].items():
+        assert torch.equal(value, b["method"][key]), key
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]

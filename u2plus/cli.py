@@ -1,0 +1,139 @@
+"""Command line: ``u2plus train|eval|predict|splits``.
+
+Errors a user can fix (bad data, unknown config key, missing file) end in one line
+``error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import U2PlusError
+
+EPILOG = """examples:
+  u2plus train configs/camvid/suponly_1-8.yaml data.root=../shared/data/camvid train.max_iters=100 out_dir=runs/x
+  u2plus train configs/camvid/suponly_1-8.yaml out_dir=runs/x resume=auto     # continue an interrupted run
+  u2plus eval configs/camvid/suponly_1-8.yaml --checkpoint runs/x/last.pt --split val --out runs/x/val.json
+  u2plus predict --checkpoint runs/x/last.pt photo.jpg frames/ --out predictions/
+  u2plus splits --dataset camvid --root ../shared/data/camvid --labeled 1/8 --seed 0 --out splits/camvid/1-8
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="u2plus", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Label-efficient semantic segmentation with unreliable pseudo-labels (U2PL+).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model from a config",
+                       description="Train with CONFIG (YAML). key=value overrides use dotted keys, e.g. "
+                       "data.root=/x train.max_iters=100 seed=1 out_dir=runs/x resume=auto. The run folder "
+                       "out_dir receives config.yaml, last.pt, metrics.json (final val mIoU) and tb/ "
+                       "(TensorBoard logs).")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", metavar="key=value")
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint, print one JSON line with mIoU and per_class",
+                       description="Evaluate CHECKPOINT on the val split (or --split) of CONFIG's dataset. "
+                       "Prints one JSON line {mIoU, per_class, ...}; --out also writes it to a file.")
+    e.add_argument("config")
+    e.add_argument("overrides", nargs="*", metavar="key=value")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--split", default=None, help="split to evaluate (default: data.val_split), e.g. test")
+    e.add_argument("--out", default=None, help="also write the JSON result to this file")
+    e.add_argument("--table", action="store_true", help="also print a per-class table to stderr")
+
+    pr = sub.add_parser("predict", help="segment images or folders, write colour masks and overlays",
+                        description="Run CHECKPOINT on images (files or folders, recursively) and write "
+                        "<name>_mask.png (colour-coded), <name>_overlay.png and <name>_labels.png (train ids).")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--mode", default=None, choices=["whole", "sliding", "multiscale"],
+                    help="inference mode (default: the checkpoint config's eval.mode, center_crop -> whole)")
+    pr.add_argument("--device", default="auto")
+
+    s = sub.add_parser("splits", help="write a seeded labeled/unlabeled partition of a dataset's train split",
+                       description="Partition the training ids of a dataset into labeled.txt and unlabeled.txt.")
+    s.add_argument("--dataset", required=True, help="camvid, voc, cityscapes, gta5, synthia, ccp, folder")
+    s.add_argument("--root", required=True)
+    s.add_argument("--labeled", required=True, help="fraction (1/16, 1/8, 1/4, 1/2, 0.1) or a count (92)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="extra data.* settings, e.g. voc_variant=blender num_classes=59")
+    return p
+
+
+def cmd_train(args) -> None:
+    from .config import load_config
+    from .engine.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    metrics = train(cfg)
+    print(json.dumps({"mIoU": metrics["mIoU"], "out_dir": str(cfg.out_dir)}))
+
+
+def cmd_eval(args) -> None:
+    from .config import load_config
+    from .engine.inference import evaluate_checkpoint
+
+    cfg = load_config(args.config, args.overrides)
+    result = evaluate_checkpoint(cfg, args.checkpoint, args.split)
+    line = json.dumps({"mIoU": result["mIoU"], "per_class": result["per_class"], "split": result["split"],
+                       "num_images": result["num_images"]})
+    print(line)
+    if args.table:
+        from .engine.evaluate import format_iou_table
+
+        print(format_iou_table(result), file=sys.stderr)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(line + "\n")
+
+
+def cmd_predict(args) -> None:
+    from .engine.inference import predict_paths
+
+    written = predict_paths(args.checkpoint, args.inputs, args.out, mode=args.mode, device=args.device)
+    print(f"wrote predictions for {written} image(s) to {args.out}")
+
+
+def cmd_splits(args) -> None:
+    from omegaconf import OmegaConf
+
+    from .config import DataConfig
+    from .data.splits import splits_command
+
+    from .config import _merge
+
+    num_classes = DEFAULT_NUM_CLASSES.get(args.dataset, 11)
+    data_cfg = OmegaConf.structured(DataConfig(dataset=args.dataset, root=args.root, num_classes=num_classes))
+    for item in args.overrides:
+        data_cfg = _merge(data_cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+    n_l, n_u = splits_command(data_cfg, args.labeled, args.seed, args.out)
+    print(f"wrote {n_l} labeled and {n_u} unlabeled ids to {args.out}")
+
+
+DEFAULT_NUM_CLASSES = {"camvid": 11, "voc": 21, "cityscapes": 19, "gta5": 19, "synthia": 19, "ccp": 7}
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "splits": cmd_splits}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except U2PlusError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

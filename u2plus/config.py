@@ -1,0 +1,238 @@
+"""Configuration: typed defaults (dataclasses), YAML files and ``key=value`` overrides.
+
+One schema for every setting and every process count. Unknown keys are errors that name the
+key (with a suggestion), so a typo never silently falls back to a default.
+
+Resolution order: schema defaults < ``_base_`` files (recursively) < the YAML file < CLI overrides.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "camvid"  # camvid | voc | cityscapes | gta5 | synthia | ccp | folder
+    root: str = "../shared/data/camvid"
+    num_classes: int = 11
+    ignore_index: int = 255
+    train_split: str = "train"
+    val_split: str = "val"
+    # Ids of the labeled / unlabeled training images: a split file (one id a line), either a path
+    # or a path inside the package's shipped splits (e.g. "camvid/1-8/labeled.txt").
+    # labeled=None: every training image is labeled. unlabeled=None with a semi-supervised method:
+    # every training image not in the labeled list.
+    labeled: Optional[str] = None
+    unlabeled: Optional[str] = None
+    # Generic "folder" dataset: image folder (or list file) and optional mask folder.
+    images: Optional[str] = None
+    masks: Optional[str] = None
+    val_images: Optional[str] = None
+    val_masks: Optional[str] = None
+    unlabeled_images: Optional[str] = None
+    class_names: Optional[list] = None
+    # VOC: "classic" (SegmentationClass) or "blender" (SegmentationClassAug)
+    voc_variant: str = "classic"
+    # Fixed pre-resize of every image and mask (0.5 = half resolution), before augmentation.
+    resize_factor: float = 1.0
+    crop_size: list = field(default_factory=lambda: [321, 321])  # [height, width]
+    scale_range: list = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True
+    # Strong augmentation (unlabeled images of semi-supervised methods).
+    color_jitter: list = field(default_factory=lambda: [0.5, 0.5, 0.5, 0.25])
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    # Normalisation; null = the chosen encoder's pretrained normalisation.
+    mean: Optional[list] = None
+    std: Optional[list] = None
+    batch_size: int = 8  # labeled images per step (global, over all processes)
+    unlabeled_batch_size: int = 8  # unlabeled images per step (global)
+    num_workers: int = 2
+    validate: bool = True  # check every file (decodes, sizes, label values) before training
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "tf_efficientnet_lite0"  # any timm features_only CNN: resnet18/50/101, ...
+    decoder: str = "deeplabv3plus"
+    # "imagenet": bundled offline weights where available; "none": random init;
+    # otherwise a path to a local .pth/.safetensors state dict for the encoder.
+    pretrained: str = "imagenet"
+    output_stride: int = 16
+    decoder_channels: int = 256
+    aspp_rates: list = field(default_factory=lambda: [6, 12, 18])
+    aspp_separable: bool = False
+    aspp_dropout: float = 0.1
+    rep_head: bool = True
+    rep_dim: int = 256
+    sync_bn: bool = False
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 1000
+    epochs: Optional[float] = None  # if set, max_iters = epochs * iterations per epoch
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    head_lr_mult: float = 10.0  # decoder and heads
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_schedule: str = "poly"  # poly | linear | constant
+    poly_power: float = 0.9
+    warmup_iters: int = 0
+    warmup_ratio: float = 1e-6
+    ohem: bool = False
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100000
+    amp: str = "off"  # off | bf16 | fp16
+    checkpoint_every: int = 200
+    eval_every: int = 0  # 0: only at the end
+    log_every: int = 10
+    deterministic: bool = False
+    num_threads: int = 0  # 0: leave torch's default
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "whole"  # whole | center_crop | sliding | multiscale
+    crop_size: list = field(default_factory=lambda: [513, 513])
+    stride: Optional[list] = None  # sliding window stride; None = 2/3 of the crop
+    scales: list = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
+    flip: bool = True
+    batch_size: int = 1
+
+
+@dataclass
+class MethodConfig:
+    name: str = "suponly"
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    out_dir: str = "runs/default"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Resume: "auto" = continue from out_dir/last.pt when it exists; or a checkpoint path.
+    resume: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys.extend(_all_keys(node[k], full + "."))
+    return keys
+
+
+def _unknown_key_error(key: str, where: str) -> ConfigError:
+    known = _all_keys(OmegaConf.structured(Config))
+    hint = difflib.get_close_matches(key, known, n=1)
+    msg = f"unknown config key '{key}' in {where}"
+    if hint:
+        msg += f" (did you mean '{hint[0]}'?)"
+    return ConfigError(msg)
+
+
+def _merge(base: DictConfig, other: DictConfig, where: str) -> DictConfig:
+    for key in _all_keys(other):
+        if OmegaConf.select(base, key, default="__missing__") == "__missing__":
+            raise _unknown_key_error(key, where)
+    try:
+        return OmegaConf.merge(base, other)
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        raise _unknown_key_error(str(getattr(e, "full_key", e)), where) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid value in {where}: {e.msg if hasattr(e, 'msg') else e}") from None
+
+
+def _load_yaml(path: Path, seen: tuple = ()) -> list[tuple[DictConfig, str]]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"circular _base_ in {path}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors
+        raise ConfigError(f"cannot parse config {path}: {e}") from None
+    layers: list[tuple[DictConfig, str]] = []
+    bases = node.pop("_base_", None)
+    if bases is not None:
+        for b in [bases] if isinstance(bases, str) else list(bases):
+            layers += _load_yaml((path.parent / b), seen + (path.resolve(),))
+    layers.append((node, str(path)))
+    return layers
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> DictConfig:
+    """Build the config: defaults, then the YAML file (with its ``_base_`` chain), then overrides."""
+    cfg = OmegaConf.structured(Config)
+    if path is not None:
+        for node, where in _load_yaml(Path(path)):
+            cfg = _merge(cfg, node, where)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key = item.split("=", 1)[0]
+        try:
+            dotted = OmegaConf.from_dotlist([item])
+        except Exception as e:
+            raise ConfigError(f"cannot parse override '{item}': {e}") from None
+        cfg = _merge(cfg, dotted, f"override '{key}'")
+    _validate(cfg)
+    return cfg
+
+
+def config_from_checkpoint(state: dict) -> DictConfig:
+    """The config a checkpoint was trained with, on top of today's defaults."""
+    if "config" not in state:
+        raise ConfigError("checkpoint holds no config (was it written by u2plus train?)")
+    cfg = _merge(OmegaConf.structured(Config), OmegaConf.create(state["config"]), "checkpoint config")
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: DictConfig) -> None:
+    choices = {
+        "model.decoder": ("deeplabv3plus",),
+        "train.optimizer": ("sgd", "adamw"),
+        "train.lr_schedule": ("poly", "linear", "constant"),
+        "train.amp": ("off", "bf16", "fp16"),
+        "eval.mode": ("whole", "center_crop", "sliding", "multiscale"),
+        "data.voc_variant": ("classic", "blender"),
+    }
+    for key, allowed in choices.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    if cfg.model.output_stride not in (8, 16, 32):
+        raise ConfigError(f"model.output_stride={cfg.model.output_stride} must be 8, 16 or 32")
+    for key in ("data.crop_size", "eval.crop_size"):
+        v = OmegaConf.select(cfg, key)
+        if len(v) != 2 or min(v) <= 0:
+            raise ConfigError(f"{key}={list(v)} must be [height, width] with positive values")
+    if cfg.data.batch_size <= 0:
+        raise ConfigError("data.batch_size must be positive")
+    if cfg.train.max_iters <= 0 and cfg.train.epochs is None:
+        raise ConfigError("train.max_iters must be positive")
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path)

@@ -1,0 +1,90 @@
+"""Datasets, augmentation and samplers. ``DATASETS`` maps ``data.dataset`` to its builder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ..errors import ConfigError, DataError
+from . import camvid, ccp, cityscapes, folder, gta5, synthia, voc
+from .base import SampleRef, SegmentationDataset, read_id_list
+
+DATASETS = {
+    "camvid": camvid.build,
+    "folder": folder.build,
+    "voc": voc.build,
+    "cityscapes": cityscapes.build,
+    "gta5": gta5.build,
+    "synthia": synthia.build,
+    "ccp": ccp.build,
+}
+
+SPLITS_DIR = Path(__file__).resolve().parent.parent / "splits"
+
+
+def register(name: str, builder) -> None:
+    DATASETS[name] = builder
+
+
+def resolve_split_file(path: str) -> Path:
+    """A split file given as a path, or relative to the package's shipped ``splits/`` folder."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.is_absolute() and (SPLITS_DIR / p).is_file():
+        return SPLITS_DIR / p
+    raise DataError(f"split file not found: {path} (looked in . and {SPLITS_DIR})")
+
+
+def build_dataset(data_cfg, split: str) -> SegmentationDataset:
+    try:
+        builder = DATASETS[data_cfg.dataset]
+    except KeyError:
+        raise ConfigError(
+            f"data.dataset={data_cfg.dataset!r} is not one of {', '.join(sorted(DATASETS))}"
+        ) from None
+    ds = builder(data_cfg, split)
+    if ds.num_classes != data_cfg.num_classes:
+        raise ConfigError(
+            f"data.num_classes={data_cfg.num_classes} but {ds.name} has {ds.num_classes} classes"
+        )
+    return ds
+
+
+def build_train_sets(data_cfg, semi_supervised: bool) -> tuple[SegmentationDataset, Optional[SegmentationDataset]]:
+    """The labeled training set and (for semi-supervised methods) the unlabeled one.
+
+    Raises a DataError naming the split file for unknown ids and for an empty set.
+    """
+    full = build_dataset(data_cfg, data_cfg.train_split)
+    if data_cfg.labeled:
+        path = resolve_split_file(data_cfg.labeled)
+        labeled = full.subset(read_id_list(path), source=str(path))
+    else:
+        labeled = full
+    if len(labeled) == 0:
+        raise DataError(f"the labeled set is empty ({data_cfg.labeled or data_cfg.train_split})")
+    if not labeled.has_masks:
+        missing = next(it for it in labeled.items if it.mask is None)
+        raise DataError(f"labeled image {missing.image} has no mask")
+    if not semi_supervised:
+        return labeled, None
+    if data_cfg.unlabeled:
+        path = resolve_split_file(data_cfg.unlabeled)
+        unlabeled = full.subset(read_id_list(path), source=str(path))
+    elif data_cfg.dataset == "folder" and data_cfg.unlabeled_images:
+        unlabeled = build_dataset(data_cfg, "unlabeled")
+    else:
+        taken = set(labeled.ids())
+        unlabeled = full.with_items([it for it in full.items if it.id not in taken])
+    if len(unlabeled) == 0:
+        raise DataError(
+            f"the unlabeled set is empty ({data_cfg.unlabeled or 'training images not in the labeled list'})"
+        )
+    return labeled, unlabeled.without_masks()
+
+
+__all__ = [
+    "DATASETS", "SampleRef", "SegmentationDataset", "build_dataset", "build_train_sets",
+    "read_id_list", "register", "resolve_split_file",
+]

@@ -1,0 +1,99 @@
+"""Using a trained checkpoint: evaluation on a split, prediction on arbitrary images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import config_from_checkpoint
+from ..data.base import list_images, read_image
+from ..data.transforms import Normalize
+from ..errors import DataError
+from ..methods import build_method
+from ..models import build_segmentor
+from ..viz import colorize, overlay, palette_for, save_png
+from .checkpoint import load_checkpoint
+from .evaluate import predict_logits
+from .trainer import build_eval_loader, normalisation, resolve_device, run_evaluation
+
+
+def load_trained_model(cfg, state: dict, device: torch.device):
+    """Rebuild the method of ``cfg``, load the checkpoint and return the model to evaluate."""
+    num_classes = int(state.get("num_classes", cfg.data.num_classes))
+    model_cfg = cfg.model.copy()
+    model_cfg.pretrained = "none"  # the checkpoint holds every weight
+    method = build_method(cfg, build_segmentor(model_cfg, num_classes))
+    method.load_state_dict(state["method"])
+    model = method.eval_model().to(device).eval()
+    return model
+
+
+def evaluate_checkpoint(cfg, checkpoint: str, split: str | None = None) -> dict:
+    device = resolve_device(cfg.device)
+    state = load_checkpoint(checkpoint)
+    model = load_trained_model(cfg, state, device)
+    mean, std = normalisation(cfg, model)
+    split = split or cfg.data.val_split
+    dataset, loader = build_eval_loader(cfg, split, mean, std)
+    result = run_evaluation(cfg, model, loader, dataset, device)
+    result["split"] = split
+    return result
+
+
+def _collect_inputs(inputs: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise DataError(f"no images found in {p}")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise DataError(f"input not found: {p}")
+    return paths
+
+
+@torch.inference_mode()
+def predict_paths(checkpoint: str, inputs: list[str], out_dir: str, mode: str | None = None,
+                  device: str = "auto") -> int:
+    """Segment every input image; write ``<stem>_mask.png`` (colours), ``<stem>_overlay.png`` and
+    ``<stem>_labels.png`` (train ids) at the image's own resolution. Returns the image count."""
+    state = load_checkpoint(checkpoint)
+    cfg = config_from_checkpoint(state)
+    dev = resolve_device(device)
+    model = load_trained_model(cfg, state, dev)
+    mean, std = normalisation(cfg, model)
+    normalize = Normalize(mean, std)
+    mode = mode or ("whole" if cfg.eval.mode == "center_crop" else cfg.eval.mode)
+    class_names = state.get("class_names")
+    palette = palette_for(model.num_classes, cfg.data.dataset)
+    out = Path(out_dir)
+    paths = _collect_inputs(inputs)
+    for path in paths:
+        image = read_image(path)
+        h, w = image.shape[1:]
+        x = image
+        if cfg.data.resize_factor != 1.0:
+            size = [max(1, round(h * cfg.data.resize_factor)), max(1, round(w * cfg.data.resize_factor))]
+            x = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True,
+                              align_corners=False)[0].clamp(0, 255).to(torch.uint8)
+        x = normalize(x)[None].to(dev)
+        logits = predict_logits(model.predict, x, model.num_classes, mode=mode,
+                                crop_size=tuple(cfg.eval.crop_size),
+                                stride=tuple(cfg.eval.stride) if cfg.eval.stride else None,
+                                scales=tuple(cfg.eval.scales), flip=cfg.eval.flip and mode == "multiscale")
+        logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
+        labels = logits.argmax(1)[0].cpu().numpy().astype("uint8")
+        rgb = image.permute(1, 2, 0).numpy()
+        stem = path.stem
+        save_png(colorize(labels, palette), out / f"{stem}_mask.png")
+        save_png(overlay(rgb, labels, palette), out / f"{stem}_overlay.png")
+        save_png(labels, out / f"{stem}_labels.png")
+    if class_names:
+        (out / "classes.txt").write_text("\n".join(class_names) + "\n")
+    return len(paths)

@@ -1,0 +1,24 @@
+"""Heads on the decoder map F (METHOD.md, "Model")."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SegmentationHead(nn.Sequential):
+    """f: 1x1 conv from F to C logits."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__(nn.Conv2d(in_channels, num_classes, 1))
+
+
+class RepresentationHead(nn.Sequential):
+    """g: Conv3x3(F -> F/2)-BN-ReLU, Conv3x3(F/2 -> 256)-BN-ReLU, Conv1x1 -> ``dim``."""
+
+    def __init__(self, in_channels: int, dim: int = 256):
+        super().__init__(conv_bn_relu(in_channels, in_channels // 2), conv_bn_relu(in_channels // 2, 256),
+                         nn.Conv2d(256, dim, 1))
