@@ -114,7 +114,50 @@ class EvalConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "suponly"
+    """Method and its ablation switches (paper Tables III-X). ``name`` picks a preset
+    (``METHOD_PRESETS``); keys set in a config file or override win over the preset."""
+
+    name: str = "suponly"  # suponly | selftrain | u2pl | u2pl_plus
+    ema_momentum: float = 0.99  # max EMA momentum of the teacher (0.999 for DA)
+    eval_teacher: bool = True  # evaluate / export the EMA teacher (else the student)
+    sup_only_epochs: float = 0.0  # first epochs train with L_s alone
+    # pseudo-labels (Eq. 11-14)
+    alpha0: float = 0.2
+    dynamic_partition: bool = True  # DPA: alpha_t = alpha0 * (1 - t/T)
+    eta: float = 1.0
+    sce_xi1: float = 1.0
+    sce_xi2: float = 0.1  # 0 = plain CE (SCE off)
+    # prototypes (Eq. 15-20)
+    prototype_denoising: bool = True  # PD
+    prototype_momentum: float = 0.999  # MP; 0 = in-batch centroids
+    # CutMix of the strong view
+    cutmix_prob: float = 0.5
+    cutmix_area: list = field(default_factory=lambda: [0.02, 0.4])
+    # contrastive loss (Eq. 10, 21-28)
+    contrastive: bool = True  # L_c
+    lambda_c: float = 0.1
+    temperature: float = 0.5
+    num_anchors: int = 256
+    num_negatives: int = 50
+    delta_p: float = 0.3
+    r_l: int = 3
+    r_h: int = 20
+    use_queue: bool = True  # Q_c; false = negatives of this batch only
+    queue_size: int = 30000
+    rank_threshold: bool = True  # PRT
+    negatives_from: str = "unreliable"  # unreliable (U) | reliable (R) | both (R+U)
+    labeled_negatives: bool = True
+
+
+# What each method name means: the switches it turns off relative to the full U2PL+.
+METHOD_PRESETS: dict[str, dict] = {
+    "suponly": {},
+    # mean teacher + CutMix + entropy-filtered pseudo-labels with CE: the paper's CutMix baseline
+    "selftrain": {"contrastive": False, "prototype_denoising": False, "sce_xi2": 0.0},
+    # conference U2PL: L_c with queues, DPA, PRT; CE; no PD; in-batch prototypes
+    "u2pl": {"prototype_denoising": False, "prototype_momentum": 0.0, "sce_xi2": 0.0},
+    "u2pl_plus": {},
+}
 
 
 @dataclass
@@ -182,19 +225,24 @@ def _load_yaml(path: Path, seen: tuple = ()) -> list[tuple[DictConfig, str]]:
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> DictConfig:
     """Build the config: defaults, then the YAML file (with its ``_base_`` chain), then overrides."""
-    cfg = OmegaConf.structured(Config)
-    if path is not None:
-        for node, where in _load_yaml(Path(path)):
-            cfg = _merge(cfg, node, where)
+    layers = _load_yaml(Path(path)) if path is not None else []
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key = item.split("=", 1)[0]
         try:
-            dotted = OmegaConf.from_dotlist([item])
+            layers.append((OmegaConf.from_dotlist([item]), f"override '{key}'"))
         except Exception as e:
             raise ConfigError(f"cannot parse override '{item}': {e}") from None
-        cfg = _merge(cfg, dotted, f"override '{key}'")
+    cfg = OmegaConf.structured(Config)
+    for node, where in layers:
+        cfg = _merge(cfg, node, where)
+    # the method's preset sits between the defaults and everything set explicitly
+    preset = METHOD_PRESETS.get(cfg.method.name)
+    if preset:
+        cfg = _merge(OmegaConf.structured(Config), OmegaConf.create({"method": preset}), "method preset")
+        for node, where in layers:
+            cfg = _merge(cfg, node, where)
     _validate(cfg)
     return cfg
 
@@ -216,6 +264,8 @@ def _validate(cfg: DictConfig) -> None:
         "train.amp": ("off", "bf16", "fp16"),
         "eval.mode": ("whole", "center_crop", "sliding", "multiscale"),
         "data.voc_variant": ("classic", "blender"),
+        "method.name": tuple(METHOD_PRESETS),
+        "method.negatives_from": ("unreliable", "reliable", "both"),
     }
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)

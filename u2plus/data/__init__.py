@@ -81,7 +81,9 @@ def build_train_sets(data_cfg, semi_supervised: bool) -> tuple[SegmentationDatas
         raise DataError(
             f"the unlabeled set is empty ({data_cfg.unlabeled or 'training images not in the labeled list'})"
         )
-    return labeled, unlabeled.without_masks()
+    # Masks of unlabeled images are never trained on; where every unlabeled image has one
+    # (e.g. CamVid partitions) they are kept for diagnostics (pseudo-label precision).
+    return labeled, unlabeled if unlabeled.has_masks else unlabeled.without_masks()
 
 
 __all__ = [

@@ -162,8 +162,12 @@ def train(cfg) -> dict:
             scalars.update({k: float(v) for k, v in logs.items() if _is_scalar(v)})
             for k, v in scalars.items():
                 writer.add_scalar(f"train/{k}", v, done)
+            for k, v in logs.items():  # per-class vectors: one curve per class
+                if isinstance(v, torch.Tensor) and v.numel() == labeled.num_classes and v.dim() == 1:
+                    for name, x in zip(labeled.class_names, v.tolist()):
+                        writer.add_scalar(f"train/{k}/{name}", x, done)
             writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
-            bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            bar.set_postfix(_progress_fields(scalars, optimizer.param_groups[0]["lr"]), refresh=False)
         if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 and done < max_iters:
             checkpoint(done)
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < max_iters:
@@ -205,6 +209,14 @@ def _resume_path(cfg, out_dir: Path):
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _progress_fields(scalars: dict, lr: float) -> dict:
+    short = {"loss": "loss", "loss_unsup": "Lu", "loss_contrastive": "Lc", "reliable_fraction": "rel",
+             "lambda_u": "lam_u", "gamma": "gamma"}
+    fields = {name: f"{scalars[k]:.3f}" for k, name in short.items() if k in scalars}
+    fields["lr"] = f"{lr:.2e}"
+    return fields
 
 
 def _is_scalar(v) -> bool:

@@ -6,9 +6,14 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .base import Method, StepContext
 from .suponly import SupOnly
+from .u2pl import U2PLPlus
 
+# selftrain, u2pl and u2pl_plus are one composition with different switches (config presets)
 METHODS = {
     "suponly": SupOnly,
+    "selftrain": U2PLPlus,
+    "u2pl": U2PLPlus,
+    "u2pl_plus": U2PLPlus,
 }
 
 
