@@ -1,4 +1,4 @@
-"""Command line: ``u2plus train|eval|predict|splits``.
+"""Command line: ``u2plus train|eval|predict|visualize|splits``.
 
 Errors a user can fix (bad data, unknown config key, missing file) end in one line
 ``error: ...`` and exit status 2.
@@ -18,6 +18,7 @@ EPILOG = """examples:
   u2plus train configs/camvid/suponly_1-8.yaml out_dir=runs/x resume=auto     # continue an interrupted run
   u2plus eval configs/camvid/suponly_1-8.yaml --checkpoint runs/x/last.pt --split val --out runs/x/val.json
   u2plus predict --checkpoint runs/x/last.pt photo.jpg frames/ --out predictions/
+  u2plus visualize --checkpoint runs/x/last.pt photo.jpg --out figures/
   u2plus splits --dataset camvid --root ../shared/data/camvid --labeled 1/8 --seed 0 --out splits/camvid/1-8
 """
 
@@ -55,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--mode", default=None, choices=["whole", "sliding", "multiscale"],
                     help="inference mode (default: the checkpoint config's eval.mode, center_crop -> whole)")
     pr.add_argument("--device", default="auto")
+
+    v = sub.add_parser("visualize", help="the paper's Fig. 2 panels: entropy, reliable pseudo-labels, probabilities",
+                       description="For each image: (a) per-pixel entropy, (b) pseudo-labels of reliable pixels "
+                       "with unreliable ones (top --alpha entropy) blanked white, (c)/(d) class probabilities of one "
+                       "reliable and one unreliable pixel. Writes <name>_fig2.png into --out.")
+    v.add_argument("inputs", nargs="+", metavar="INPUT")
+    v.add_argument("--checkpoint", required=True)
+    v.add_argument("--out", required=True)
+    v.add_argument("--alpha", type=float, default=None, help="unreliable fraction (default: method.alpha0)")
+    v.add_argument("--device", default="auto")
 
     s = sub.add_parser("splits", help="write a seeded labeled/unlabeled partition of a dataset's train split",
                        description="Partition the training ids of a dataset into labeled.txt and unlabeled.txt.")
@@ -101,6 +112,13 @@ def cmd_predict(args) -> None:
     print(f"wrote predictions for {written} image(s) to {args.out}")
 
 
+def cmd_visualize(args) -> None:
+    from .engine.visualize import visualize_paths
+
+    written = visualize_paths(args.checkpoint, args.inputs, args.out, alpha=args.alpha, device=args.device)
+    print(f"wrote {len(written)} figure(s) to {args.out}")
+
+
 def cmd_splits(args) -> None:
     from omegaconf import OmegaConf
 
@@ -119,7 +137,8 @@ def cmd_splits(args) -> None:
 
 DEFAULT_NUM_CLASSES = {"camvid": 11, "voc": 21, "cityscapes": 19, "gta5": 19, "synthia": 19, "ccp": 7}
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "splits": cmd_splits}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "visualize": cmd_visualize,
+            "splits": cmd_splits}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from u2plus.cli import main
 from u2plus.engine import trainer as trainer_module
@@ -107,19 +108,52 @@ def test_missing_split_ids_name_the_file(capsys, tmp_path):
     assert str(split) in line and "no_such_image" in line
 
 
-def test_corrupt_image_named_before_training(capsys, tmp_path, monkeypatch):
+def _small_camvid(tmp_path: Path) -> Path:
     root = tmp_path / "camvid"
     for sub in ("train", "trainannot", "val", "valannot"):
         (root / sub).mkdir(parents=True)
         for f in sorted((DEMO_ROOT / sub).iterdir())[:3]:
             (root / sub / f.name).write_bytes(f.read_bytes())
+    return root
+
+
+def _corrupt_image(root: Path) -> tuple[Path, list[str]]:
     bad = sorted((root / "train").iterdir())[1]
     bad.write_bytes(b"not an image at all")
+    return bad, []
+
+
+def _mask_of_other_size(root: Path) -> tuple[Path, list[str]]:
+    bad = sorted((root / "trainannot").iterdir())[0]
+    Image.open(bad).resize((100, 50)).save(bad)
+    return bad, []
+
+
+def _label_out_of_range(root: Path) -> tuple[Path, list[str]]:
+    bad = sorted((root / "valannot").iterdir())[2]
+    arr = np.asarray(Image.open(bad)).copy()
+    arr[5, 5] = 42
+    Image.fromarray(arr).save(bad)
+    return bad, []
+
+
+def _empty_unlabeled_set(root: Path) -> tuple[Path, list[str]]:
+    ids = root / "all.txt"
+    ids.write_text("".join(f"{p.stem}\n" for p in sorted((root / "train").iterdir())))
+    return ids, ["method.name=u2pl_plus", f"data.labeled={ids}"]
+
+
+@pytest.mark.parametrize("breaker", [_corrupt_image, _mask_of_other_size, _label_out_of_range,
+                                     _empty_unlabeled_set])
+def test_bad_data_is_one_line_naming_the_file_before_training(breaker, capsys, tmp_path, monkeypatch):
+    root = _small_camvid(tmp_path)
+    named, extra = breaker(root)
     started = []
     monkeypatch.setattr(trainer_module, "build_segmentor", lambda *a, **k: started.append(1))
-    assert main(["train", DEMO_CONFIG, f"data.root={root}", "data.labeled=null", f"out_dir={tmp_path / 'o'}"]) == 2
+    assert main(["train", DEMO_CONFIG, f"data.root={root}", "data.labeled=null", *extra,
+                 f"out_dir={tmp_path / 'o'}"]) == 2
     line = _one_error_line(capsys)
-    assert str(bad) in line
+    assert str(named) in line, line
     assert not started, "the model was built before the data was checked"
 
 

@@ -95,3 +95,29 @@ def test_reset_and_state_dict_buffers():
     assert other.count.tolist() == [1, 2] and other.ptr.tolist() == [1, 2]
     q.reset()
     assert q.count.tolist() == [0, 0] and q.ptr.tolist() == [0, 0] and q.keys.abs().sum() == 0
+
+
+def test_write_plan_duplicate_slots_all_carry_newest_key():
+    """On parallel devices duplicate index writes land in any order: every write to a slot
+    must therefore carry the same (newest) row, so the result cannot depend on that order."""
+    from u2plus.losses.contrastive import _ring_write_plan
+
+    # size 2, class 0 ptr 1: rows 0,1,3,4 are class 0 (offsets 0..3), row 2 is class 1
+    cls, slot, src, n_new = _ring_write_plan(torch.tensor([0, 0, 1, 0, 0]), torch.tensor([1, 0]), 2)
+    plan = sorted(zip(cls.tolist(), slot.tolist(), src.tolist()))
+    # class 0 offsets 0..3 -> slots 1,0,1,0 ; newest rows: slot 1 <- row 3, slot 0 <- row 4
+    assert plan == [(0, 0, 4), (0, 0, 4), (0, 1, 3), (0, 1, 3), (1, 0, 2)]
+    assert n_new.tolist() == [4, 1]
+    # simulate the opposite write order: the buffer content is the same
+    q = ClassQueues(2, 1, size=2)
+    q.ptr[0] = 1
+    keys = _k(1, 2, 50, 3, 4)
+    buf_fwd, buf_rev = torch.zeros(2, 2), torch.zeros(2, 2)
+    for c, s, r in plan:
+        buf_fwd[c, s] = keys[r, 0]
+    for c, s, r in reversed(plan):
+        buf_rev[c, s] = keys[r, 0]
+    assert torch.equal(buf_fwd, buf_rev)
+    q.enqueue(keys, torch.tensor([0, 0, 1, 0, 0]))
+    assert torch.equal(q.keys[..., 0], buf_fwd)
+    assert buf_fwd.tolist() == [[4.0, 3.0], [50.0, 0.0]]

@@ -78,9 +78,9 @@ def build_train_sets(data_cfg, semi_supervised: bool) -> tuple[SegmentationDatas
         taken = set(labeled.ids())
         unlabeled = full.with_items([it for it in full.items if it.id not in taken])
     if len(unlabeled) == 0:
-        raise DataError(
-            f"the unlabeled set is empty ({data_cfg.unlabeled or 'training images not in the labeled list'})"
-        )
+        source = (f"split file {resolve_split_file(data_cfg.unlabeled)}" if data_cfg.unlabeled else
+                  f"every image of {full.name} is in the labeled list {data_cfg.labeled or '(all)'}")
+        raise DataError(f"the unlabeled set is empty: {source}")
     # Masks of unlabeled images are never trained on; where every unlabeled image has one
     # (e.g. CamVid partitions) they are kept for diagnostics (pseudo-label precision).
     return labeled, unlabeled if unlabeled.has_masks else unlabeled.without_masks()

@@ -1,0 +1,115 @@
+"""Eq. 2 (EMA teacher) and CutMix (METHOD step 4)."""
+
+import pytest
+import torch
+from torch import nn
+
+from u2plus.engine.ema import ema_momentum, ema_update
+from u2plus.methods.cutmix import apply_cutmix, cutmix_masks, shuffled_partner
+
+
+def test_ema_momentum_schedule():
+    assert ema_momentum(0, 0.99) == 0.0
+    assert ema_momentum(1, 0.99) == pytest.approx(0.5)
+    assert ema_momentum(9, 0.99) == pytest.approx(0.9)
+    assert ema_momentum(99, 0.99) == pytest.approx(0.99)
+    assert ema_momentum(10_000, 0.99) == pytest.approx(0.99)
+    assert ema_momentum(10_000, 0.999) == pytest.approx(0.999)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False)
+        self.bn = nn.BatchNorm1d(1)
+
+
+def _pair():
+    t, s = _Net(), _Net()
+    with torch.no_grad():
+        t.lin.weight.fill_(1.0)
+        s.lin.weight.fill_(3.0)
+        t.bn.running_mean.fill_(0.0)
+        s.bn.running_mean.fill_(2.0)
+        t.bn.running_var.fill_(1.0)
+        s.bn.running_var.fill_(5.0)
+        s.bn.num_batches_tracked.fill_(5)
+    return t, s
+
+
+def test_ema_update_params_and_buffers_hand_values():
+    t, s = _pair()
+    ema_update(t, s, momentum=0.75)
+    assert t.lin.weight.item() == pytest.approx(0.75 * 1 + 0.25 * 3)  # 1.5
+    assert t.bn.running_mean.item() == pytest.approx(0.5)  # buffers blended too
+    assert t.bn.running_var.item() == pytest.approx(0.75 * 1 + 0.25 * 5)  # 2.0
+    assert t.bn.num_batches_tracked.item() == 5  # integer buffer copied
+    assert s.lin.weight.item() == 3.0  # student untouched
+    assert not t.lin.weight.grad_fn and t.lin.weight.requires_grad
+
+
+def test_ema_update_momentum_zero_copies_student():
+    t, s = _pair()
+    ema_update(t, s, momentum=ema_momentum(0, 0.99))
+    for a, b in zip(t.state_dict().values(), s.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_ema_update_structure_mismatch_raises():
+    with pytest.raises(ValueError):
+        ema_update(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), 0.5)
+
+
+def test_cutmix_masks_prob_zero_and_one():
+    gen = torch.Generator().manual_seed(0)
+    assert not cutmix_masks(4, 16, 20, prob=0.0, generator=gen).any()
+    m = cutmix_masks(64, 16, 20, prob=1.0, generator=gen)
+    assert m.shape == (64, 16, 20) and m.dtype == torch.bool
+    for b in range(64):
+        ys, xs = torch.nonzero(m[b], as_tuple=True)
+        assert ys.numel() > 0
+        # exactly one axis-aligned box: the True set equals its bounding box
+        box = torch.zeros_like(m[b])
+        box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+        assert torch.equal(box, m[b])
+        ratio = ys.numel() / (16 * 20)
+        assert 0.01 <= ratio <= 0.45
+
+
+def test_cutmix_masks_probability_and_reproducibility():
+    m1 = cutmix_masks(400, 8, 8, prob=0.5, generator=torch.Generator().manual_seed(1))
+    m2 = cutmix_masks(400, 8, 8, prob=0.5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(m1, m2)
+    frac = m1.flatten(1).any(1).float().mean().item()
+    assert 0.4 < frac < 0.6
+    assert cutmix_masks(2, 4, 4, prob=1.0, device="cpu").device.type == "cpu"
+
+
+def test_apply_cutmix_hand_values_all_tensor_kinds():
+    mask = torch.tensor([[[True, False], [False, False]], [[False, False], [False, True]]])
+    perm = torch.tensor([1, 0])
+    img = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    lab = torch.tensor([[[1, 1], [1, 1]], [[2, 2], [2, 2]]])
+    rel = torch.tensor([[[True, True], [True, True]], [[False, False], [False, False]]])
+    prob = torch.stack([torch.full((2, 2, 2), 0.1), torch.full((2, 2, 2), 0.9)])
+    img_m, lab_m, rel_m, prob_m = apply_cutmix(mask, perm, img, lab, rel, prob)
+    assert lab_m.tolist() == [[[2, 1], [1, 1]], [[2, 2], [2, 1]]]
+    assert rel_m.tolist() == [[[False, True], [True, True]], [[False, False], [False, True]]]
+    # image 0 channel c pixel (0,0) comes from image 1: value 12 + 4c
+    assert img_m[0, :, 0, 0].tolist() == [12.0, 16.0, 20.0]
+    assert img_m[0, :, 1, 1].tolist() == [3.0, 7.0, 11.0]
+    assert img_m[1, :, 1, 1].tolist() == [3.0, 7.0, 11.0]
+    assert prob_m[0, :, 0, 0].tolist() == pytest.approx([0.9, 0.9])
+    assert prob_m[0, :, 0, 1].tolist() == pytest.approx([0.1, 0.1])
+    assert lab_m.dtype == torch.long and rel_m.dtype == torch.bool
+
+
+def test_apply_cutmix_shape_mismatch_raises():
+    with pytest.raises(ValueError):
+        apply_cutmix(torch.zeros(2, 4, 4, dtype=torch.bool), torch.tensor([1, 0]), torch.zeros(2, 3, 4, 5))
+
+
+def test_shuffled_partner_is_permutation():
+    p = shuffled_partner(7, torch.Generator().manual_seed(0))
+    assert p.dtype == torch.long and sorted(p.tolist()) == list(range(7))
+    assert torch.equal(p, shuffled_partner(7, torch.Generator().manual_seed(0)))

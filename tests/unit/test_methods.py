@@ -1,0 +1,114 @@
+"""The method compositions: every preset trains, the switches do what they say, and the
+unlabeled images' masks (kept only for diagnostics) never change the loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from u2plus.config import load_config
+from u2plus.methods import StepContext, build_method
+from u2plus.models import build_segmentor
+
+NUM_CLASSES = 4
+
+
+def make_method(name: str, *overrides: str):
+    cfg = load_config(None, [f"method.name={name}", "model.encoder=resnet18", "model.pretrained=none",
+                             "model.decoder_channels=16", "model.rep_dim=8", f"data.num_classes={NUM_CLASSES}",
+                             "method.num_anchors=16", "method.num_negatives=4", "method.queue_size=64",
+                             "method.delta_p=0.0", *overrides])
+    torch.manual_seed(0)
+    return build_method(cfg, build_segmentor(cfg.model, NUM_CLASSES))
+
+
+def batches(seed: int = 0, with_unlabeled_masks: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    labeled = {"image": torch.randn(2, 3, 32, 32, generator=g),
+               "mask": torch.randint(0, NUM_CLASSES, (2, 32, 32), generator=g)}
+    labeled["mask"][:, :2] = 255
+    unlabeled = {"image": torch.randn(2, 3, 32, 32, generator=g)}
+    unlabeled["image_strong"] = unlabeled["image"] + 0.1 * torch.randn(2, 3, 32, 32, generator=g)
+    if with_unlabeled_masks:
+        unlabeled["mask"] = torch.randint(0, NUM_CLASSES, (2, 32, 32), generator=g)
+    return labeled, unlabeled
+
+
+def run_steps(method, steps: int = 2, with_unlabeled_masks: bool = False):
+    opt = torch.optim.SGD(method.student.parameters(), lr=0.01)
+    method.train()
+    out = []
+    for step in range(steps):
+        labeled, unlabeled = batches(step, with_unlabeled_masks)
+        ctx = StepContext(step, max_iters=10, iters_per_epoch=5)
+        loss, logs = method.training_step(labeled, unlabeled if method.semi_supervised else None, ctx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.after_optimizer_step(ctx)
+        out.append((loss.detach(), logs))
+    return out
+
+
+@pytest.mark.parametrize("name", ["suponly", "selftrain", "u2pl", "u2pl_plus"])
+def test_every_method_trains_two_steps_with_finite_loss(name):
+    method = make_method(name)
+    for loss, _ in run_steps(method):
+        assert torch.isfinite(loss)
+
+
+def test_u2pl_plus_fills_queues_and_prototypes_and_logs_diagnostics():
+    method = make_method("u2pl_plus")
+    (_, logs1), (_, logs2) = run_steps(method)
+    assert bool(method.prototypes.initialized.any())
+    assert int(method.queues.count.sum()) > 0
+    for key in ("loss_sup", "loss_unsup", "loss_contrastive", "gamma", "alpha_t", "reliable_fraction",
+                "lambda_u", "per_class/anchors", "per_class/negatives", "per_class/queue_fill"):
+        assert key in logs2, key
+    # Eq. 14 with alpha_0 = 0.2 at progress 0: 80% reliable, lambda_u = 1 / 0.8
+    assert float(logs1["reliable_fraction"]) == pytest.approx(0.8, abs=0.01)
+    assert float(logs1["lambda_u"]) == pytest.approx(1.25, abs=0.02)
+    assert logs2["per_class/queue_fill"].shape == (NUM_CLASSES,)
+
+
+def test_switches_select_components():
+    selftrain = make_method("selftrain")
+    assert selftrain.queues is None and selftrain.prototypes is None
+    (_, logs), = run_steps(selftrain, steps=1)
+    assert "loss_contrastive" not in logs
+    u2pl = make_method("u2pl")
+    assert u2pl.m.prototype_momentum == 0.0 and not u2pl.m.prototype_denoising and u2pl.m.sce_xi2 == 0.0
+    in_batch = make_method("u2pl_plus", "method.use_queue=false")
+    assert in_batch.queues is None
+    (loss, logs), = run_steps(in_batch, steps=1)
+    assert torch.isfinite(loss) and "loss_contrastive" in logs
+
+
+def test_unlabeled_masks_only_feed_diagnostics():
+    a = run_steps(make_method("u2pl_plus"), with_unlabeled_masks=False)
+    b = run_steps(make_method("u2pl_plus"), with_unlabeled_masks=True)
+    for (loss_a, _), (loss_b, logs_b) in zip(a, b):
+        assert torch.equal(loss_a, loss_b)
+    assert "diag/pseudo_label_precision" in logs_b and "diag/false_negative_rate" in logs_b
+    assert 0.0 <= float(logs_b["diag/false_negative_rate"]) <= 1.0
+
+
+def test_teacher_stays_in_eval_mode_and_follows_student():
+    method = make_method("u2pl_plus")
+    method.train()
+    assert method.student.training and not method.teacher.training
+    before = [p.clone() for p in method.teacher.parameters()]
+    run_steps(method, steps=2)
+    changed = any(not torch.equal(a, b) for a, b in zip(before, method.teacher.parameters()))
+    assert changed, "EMA did not update the teacher"
+    # step 0 uses momentum 0: the teacher equals the student right after the first update
+    fresh = make_method("u2pl_plus")
+    run_steps(fresh, steps=1)
+    for t, s in zip(fresh.teacher.parameters(), fresh.student.parameters()):
+        assert torch.equal(t, s)
+
+
+def test_sup_only_warmup_skips_unlabeled_losses():
+    method = make_method("u2pl_plus", "method.sup_only_epochs=1")
+    (_, logs), = run_steps(method, steps=1)
+    assert set(logs) == {"loss_sup"}

@@ -1,0 +1,45 @@
+"""Exponential moving average teacher (paper Eq. 2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ema_momentum", "ema_update"]
+
+
+def ema_momentum(step: int, max_momentum: float) -> float:
+    """``m_t = min(1 - 1 / (step + 1), max_momentum)`` (METHOD step 11; 0 at step 0, so the
+    first update copies the student)."""
+    return min(1.0 - 1.0 / (step + 1), max_momentum)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """``theta_t <- m * theta_t + (1 - m) * theta_s`` (Eq. 2), in place on ``teacher``.
+
+    Parameters *and* floating-point buffers (BN running mean/var) are blended; integer buffers
+    (``num_batches_tracked``) are copied. The two modules must have the same structure (pass
+    the unwrapped student, not a DDP wrapper). Uses ``torch._foreach_*`` ops.
+    """
+    t_params = list(teacher.parameters())
+    s_params = list(student.parameters())
+    t_bufs = list(teacher.buffers())
+    s_bufs = list(student.buffers())
+    if len(t_params) != len(s_params) or len(t_bufs) != len(s_bufs):
+        raise ValueError("ema_update: teacher and student have different structures")
+    t_float, s_float, t_int, s_int = [], [], [], []
+    for t, s in zip(t_params + t_bufs, s_params + s_bufs):
+        if t.shape != s.shape:
+            raise ValueError(f"ema_update: shape mismatch {tuple(t.shape)} vs {tuple(s.shape)}")
+        if t.is_floating_point():
+            t_float.append(t)
+            s_float.append(s.detach().to(dtype=t.dtype, device=t.device))
+        else:
+            t_int.append(t)
+            s_int.append(s.detach().to(device=t.device))
+    if t_float:
+        torch._foreach_mul_(t_float, momentum)
+        torch._foreach_add_(t_float, s_float, alpha=1.0 - momentum)
+    if t_int:
+        torch._foreach_copy_(t_int, s_int)
