@@ -78,6 +78,29 @@ def test_predict_files_and_folders(trained_run, tmp_path):
             assert int(np.asarray(im).max()) < 11
 
 
+def test_visualize_writes_fig2_panels(trained_run, tmp_path):
+    from u2plus.engine.visualize import visualize_paths
+
+    image = DEMO_ROOT / "val" / "0016E5_07959.jpg"
+    assert main(["visualize", "--checkpoint", str(trained_run / "last.pt"), str(image), "--out",
+                 str(tmp_path)]) == 0
+    with Image.open(tmp_path / "0016E5_07959_fig2.png") as im:
+        assert im.size[0] > 1000 and im.size[1] > 200
+
+
+def test_fig2_picks_a_reliable_and_an_unreliable_pixel(tmp_path):
+    from u2plus.engine.visualize import fig2_panels
+    from u2plus.viz import palette_for
+
+    prob = np.full((3, 4, 5), 1 / 3, dtype=np.float32)  # uniform: maximal entropy everywhere ...
+    prob[:, :2] = np.array([0.9, 0.05, 0.05], dtype=np.float32)[:, None, None]  # ... but the top rows
+    shown = fig2_panels(np.zeros((4, 5, 3), np.uint8), prob, 0.2, ["a", "b", "c"], palette_for(3), tmp_path / "f.png")
+    assert (tmp_path / "f.png").is_file()
+    assert shown["reliable"]["pixel"][0] < 2 <= shown["unreliable"]["pixel"][0]
+    assert shown["unreliable"]["entropy"] == pytest.approx(np.log(3), abs=1e-5)
+    assert shown["reliable"]["probabilities"][0] == pytest.approx(0.9)
+
+
 def test_splits_command(tmp_path, capsys):
     assert main(["splits", "--dataset", "camvid", "--root", str(DEMO_ROOT), "--labeled", "1/4",
                  "--seed", "0", "--out", str(tmp_path)]) == 0
