@@ -24,8 +24,12 @@ install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/u2plus train configs/demo/suponly.yaml out_dir=$(DEMO_RUN)/suponly
-	$(BIN)/u2plus predict --checkpoint $(DEMO_RUN)/suponly/last.pt $(DEMO_IMAGES) --out $(DEMO_RUN)/predictions
-	@echo "demo done: metrics in $(DEMO_RUN)/suponly/metrics.json, overlays in $(DEMO_RUN)/predictions/"
+	$(BIN)/u2plus train configs/demo/u2pl_plus.yaml out_dir=$(DEMO_RUN)/u2pl_plus
+	$(BIN)/u2plus predict --checkpoint $(DEMO_RUN)/u2pl_plus/last.pt $(DEMO_IMAGES) --out $(DEMO_RUN)/predictions
+	$(BIN)/u2plus visualize --checkpoint $(DEMO_RUN)/u2pl_plus/last.pt $(firstword $(DEMO_IMAGES)) --out $(DEMO_RUN)/figures
+	@$(BIN)/python -c "import json; s, u = (json.load(open('$(DEMO_RUN)/' + m + '/metrics.json')) for m in ('suponly', 'u2pl_plus')); \
+	print(f\"\nCamVid demo val mIoU: SupOnly {s['mIoU']:.2f} ({s['train_seconds']/60:.1f} min)  U2PL+ {u['mIoU']:.2f} ({u['train_seconds']/60:.1f} min)\")"
+	@echo "overlays in $(DEMO_RUN)/predictions/, Fig. 2 panels in $(DEMO_RUN)/figures/, TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_RUN)"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest

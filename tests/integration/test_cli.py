@@ -185,11 +185,16 @@ def test_missing_checkpoint(capsys, tmp_path):
     assert str(tmp_path / "nope.pt") in _one_error_line(capsys)
 
 
-def test_resume_is_exact(tmp_path, monkeypatch):
-    """Stop a run right after its step-2 checkpoint, resume it: the final weights equal an
-    uninterrupted run's bit for bit (same data order, same learning rates, same RNG)."""
+@pytest.mark.parametrize("method", ["suponly", "u2pl_plus"])
+def test_resume_is_exact(method, tmp_path, monkeypatch):
+    """Stop a run right after its step-2 checkpoint, resume it: the final weights (student,
+    teacher, prototypes, memory bank) equal an uninterrupted run's bit for bit (same data order,
+    same learning rates, same RNG)."""
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, *tiny_overrides(full)]) == 0
+    extra = [f"method.name={method}", "data.unlabeled=camvid_demo/unlabeled.txt", "method.queue_size=500"] \
+        if method != "suponly" else []
+    args = [*DEMO_OVERRIDES, *extra]
+    assert main(["train", DEMO_CONFIG, *args, *tiny_overrides(full)]) == 0
 
     real_save = trainer_module.save_checkpoint
 
@@ -202,14 +207,17 @@ def test_resume_is_exact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_stop)
     with pytest.raises(Stop):
-        main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, *tiny_overrides(cut)])
+        main(["train", DEMO_CONFIG, *args, *tiny_overrides(cut)])
     monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
     assert torch.load(cut / "last.pt", weights_only=True)["step"] == 2
-    assert main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, *tiny_overrides(cut), "resume=auto"]) == 0
+    assert main(["train", DEMO_CONFIG, *args, *tiny_overrides(cut), "resume=auto"]) == 0
 
     a = torch.load(full / "last.pt", weights_only=True)
     b = torch.load(cut / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
+    if method == "u2pl_plus":
+        assert any(k.startswith("queues.") for k in a["method"]) and any(k.startswith("teacher.") for k in a["method"])
+        assert int(a["method"]["queues.count"].sum()) > 0
     for key, value in a["method"].items():
         assert torch.equal(value, b["method"][key]), key
     assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]

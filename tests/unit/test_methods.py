@@ -112,3 +112,16 @@ def test_sup_only_warmup_skips_unlabeled_losses():
     method = make_method("u2pl_plus", "method.sup_only_epochs=1")
     (_, logs), = run_steps(method, steps=1)
     assert set(logs) == {"loss_sup"}
+
+
+@pytest.mark.parametrize("name", ["suponly", "u2pl_plus"])
+def test_bf16_autocast_step_is_finite_and_losses_fp32(name):
+    method = make_method(name)
+    method.train()
+    labeled, unlabeled = batches(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, logs = method.training_step(labeled, unlabeled if method.semi_supervised else None,
+                                          StepContext(0, 10, 5))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in method.student.parameters() if p.grad is not None)
