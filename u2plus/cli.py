@@ -142,7 +142,14 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "visua
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # key=value overrides may also come after options (u2plus eval CONFIG --checkpoint X key=value)
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         COMMANDS[args.command](args)
     except U2PlusError as e:

@@ -94,7 +94,8 @@ class TrainConfig:
     ohem: bool = False
     ohem_thresh: float = 0.7
     ohem_min_kept: int = 100000
-    amp: str = "off"  # off | bf16 | fp16
+    amp: str = "off"  # off | bf16 | fp16 (autocast; fp16 adds a GradScaler); losses stay fp32
+    channels_last: bool = False  # NHWC memory format for model and images (faster on GPUs)
     checkpoint_every: int = 200
     eval_every: int = 0  # 0: only at the end
     log_every: int = 10
@@ -257,6 +258,8 @@ def config_from_checkpoint(state: dict) -> DictConfig:
 
 
 def _validate(cfg: DictConfig) -> None:
+    if str(cfg.train.amp).lower() == "false":  # YAML reads a bare `off` as the boolean false
+        cfg.train.amp = "off"
     choices = {
         "model.decoder": ("deeplabv3plus",),
         "train.optimizer": ("sgd", "adamw"),

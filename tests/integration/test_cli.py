@@ -54,8 +54,9 @@ def test_eval_prints_one_json_line(trained_run, capsys, tmp_path):
 
 
 def test_eval_other_split(trained_run, capsys):
-    assert main(["eval", DEMO_CONFIG, *DEMO_OVERRIDES, "--checkpoint", str(trained_run / "last.pt"),
-                 "--split", "train"]) == 0
+    # the contract's order: options first, key=value overrides after them
+    assert main(["eval", DEMO_CONFIG, "--checkpoint", str(trained_run / "last.pt"), "--split", "train",
+                 *DEMO_OVERRIDES, "data.num_workers=0"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["split"] == "train" and result["num_images"] == 123
 

@@ -188,3 +188,13 @@ def test_save_config_reloads_equal(tmp_path):
     out = tmp_path / "run" / "config.yaml"
     save_config(cfg, out)
     assert load_config(out) == cfg
+
+
+def test_amp_off_survives_yaml_boolean_parsing(tmp_path):
+    from u2plus.config import load_config
+
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  amp: off\n")
+    assert load_config(f).train.amp == "off"
+    assert load_config(None, ["train.amp=bf16"]).train.amp == "bf16"

@@ -98,6 +98,9 @@ def train(cfg) -> dict:
     if unlabeled is not None:
         unlabeled.transform = TrainTransform(cfg.data, mean, std, strong=True)
     method = build_method(cfg, model).to(device)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    if cfg.train.channels_last:
+        method.to(memory_format=memory_format)
     iters_per_epoch = math.ceil(
         len(unlabeled) / cfg.data.unlabeled_batch_size if unlabeled is not None else len(labeled) / cfg.data.batch_size
     )
@@ -118,6 +121,8 @@ def train(cfg) -> dict:
         start_step = int(state["step"])
         print(f"resumed from {resume_path} at step {start_step}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".last.pt.*.tmp"):  # partial writes of a killed run
+        stale.unlink()
     save_config(cfg, out_dir / "config.yaml")
 
     workers = cfg.data.num_workers
@@ -143,8 +148,8 @@ def train(cfg) -> dict:
                dynamic_ncols=True, mininterval=2.0)
     for step in bar:
         ctx = StepContext(step, max_iters, iters_per_epoch)
-        batch_l = _to_device(next(labeled_loader), device)
-        batch_u = _to_device(next(unlabeled_loader), device) if unlabeled_loader is not None else None
+        batch_l = _to_device(next(labeled_loader), device, memory_format)
+        batch_u = _to_device(next(unlabeled_loader), device, memory_format) if unlabeled_loader is not None else None
         with autocast_context(cfg.train.amp, device):
             loss, logs = method.training_step(batch_l, batch_u, ctx)
         optimizer.zero_grad(set_to_none=True)
@@ -207,8 +212,15 @@ def _resume_path(cfg, out_dir: Path):
     return p
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def _to_device(batch: dict, device: torch.device, memory_format=torch.contiguous_format) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            if v.dim() == 4:
+                v = v.contiguous(memory_format=memory_format)
+        out[k] = v
+    return out
 
 
 def _progress_fields(scalars: dict, lr: float) -> dict:

@@ -1,0 +1,154 @@
+"""Cost of one training step, on whatever device this runs on.
+
+Times (median over warm steps, forward + backward + optimiser + EMA) of
+- suponly:        the student on B labeled images,
+- selftrain:      teacher + student on B labeled + B unlabeled, entropy-filtered pseudo-labels,
+- u2pl_plus:      the full U2PL+ step,
+- u2pl_plus_noop: the same forwards as u2pl_plus (teacher with representations, student with
+                  representations) but every piece of loss machinery replaced by a no-op,
+and the ratios machinery = u2pl_plus / u2pl_plus_noop and u2pl_plus / suponly; the time of one
+memory-bank enqueue into empty vs full queues; peak RSS (and peak CUDA memory on a GPU).
+
+    python bench/step_cost.py            # CamVid CPU setting: crops 160x224, 4 + 4 images
+    python bench/step_cost.py --quick    # < 3 minutes on a 2-core CPU
+
+Synthetic images and labels (timing does not depend on content); the model and method are the
+real ones built from configs/camvid/_base.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from u2plus.config import load_config  # noqa: E402
+from u2plus.engine.optim import build_optimizer  # noqa: E402
+from u2plus.losses.contrastive import ClassQueues  # noqa: E402
+from u2plus.losses.supervised import pixel_cross_entropy  # noqa: E402
+from u2plus.methods import StepContext, build_method  # noqa: E402
+from u2plus.methods.u2pl import U2PLPlus  # noqa: E402
+from u2plus.models import build_segmentor  # noqa: E402
+
+
+class U2PLPlusNoop(U2PLPlus):
+    """All forwards of the U2PL+ step, none of its loss machinery."""
+
+    def training_step(self, labeled, unlabeled, ctx):
+        x_l, y_l = labeled["image"], labeled["mask"]
+        with torch.no_grad():
+            t_out = self.teacher(torch.cat([x_l, unlabeled["image"]]), with_rep=True)
+        s_out = self.student(torch.cat([x_l, unlabeled["image_strong"]]), with_rep=True)
+        b = x_l.shape[0]
+        loss = pixel_cross_entropy(s_out["logits"][:b], y_l) + 0.0 * s_out["logits"][b:].sum() \
+            + 0.0 * s_out["rep"].sum() + 0.0 * t_out["logits"].sum()
+        return loss, {}
+
+
+def make_batches(batch: int, crop, num_classes: int, device):
+    g = torch.Generator().manual_seed(0)
+    h, w = crop
+    labeled = {"image": torch.randn(batch, 3, h, w, generator=g).to(device),
+               "mask": torch.randint(0, num_classes, (batch, h, w), generator=g).to(device)}
+    unlabeled = {"image": torch.randn(batch, 3, h, w, generator=g).to(device)}
+    unlabeled["image_strong"] = unlabeled["image"] + 0.1
+    return labeled, unlabeled
+
+
+def time_method(name: str, cfg, batch: int, crop, steps: int, warmup: int, device) -> float:
+    torch.manual_seed(0)
+    model = build_segmentor(cfg.model, cfg.data.num_classes)
+    if name == "u2pl_plus_noop":
+        method = U2PLPlusNoop(cfg, model)
+    else:
+        method = build_method(cfg, model)
+    method.to(device).train()
+    opt = build_optimizer(cfg.train, method.student)
+    labeled, unlabeled = make_batches(batch, crop, cfg.data.num_classes, device)
+    times = []
+    for step in range(warmup + steps):
+        ctx = StepContext(step, 1000, 100)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss, _ = method.training_step(labeled, unlabeled if method.semi_supervised else None, ctx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        method.after_optimizer_step(ctx)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_enqueue(num_classes: int, dim: int, size: int, keys: int, repeats: int, device) -> tuple[float, float]:
+    q = ClassQueues(num_classes, dim, size).to(device)
+    new = torch.randn(keys, dim, device=device)
+    cls = torch.randint(0, num_classes, (keys,), device=device)
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        q.enqueue(new, cls)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    empties = []
+    for _ in range(repeats):
+        q.reset()
+        empties.append(once())
+    empty = statistics.median(empties)
+    while int(q.count.min()) < size:  # fill every queue
+        q.enqueue(torch.randn(size * num_classes, dim, device=device),
+                  torch.arange(num_classes, device=device).repeat_interleave(size))
+    full = statistics.median(once() for _ in range(repeats))
+    return empty, full
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small crops and few steps (< 3 min on 2 CPU cores)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
+    p.add_argument("--batch", type=int, default=4, help="labeled (= unlabeled) images per step")
+    p.add_argument("--steps", type=int, default=None)
+    args = p.parse_args()
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    crop = (96, 128) if args.quick else (160, 224)
+    steps, warmup = (args.steps or (4 if args.quick else 10)), (1 if args.quick else 3)
+    results = {}
+    for name in ("suponly", "selftrain", "u2pl_plus", "u2pl_plus_noop"):
+        method_name = "u2pl_plus" if name == "u2pl_plus_noop" else name
+        cfg = load_config(REPO / "configs/camvid/_base.yaml",
+                          [f"method.name={method_name}", "model.pretrained=none", f"train.amp={args.amp}"])
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16) \
+            if args.amp != "off" else torch.autocast(device.type, enabled=False)
+        with ctx:
+            results[name] = time_method(name, cfg, args.batch, crop, steps, warmup, device)
+        print(f"{name:15s} {results[name] * 1000:8.1f} ms/step", flush=True)
+    empty, full = time_enqueue(11, 256, 30000, 4096, 5 if args.quick else 20, device)
+    print(f"enqueue 4096 keys: empty queues {empty * 1e3:.2f} ms, full queues {full * 1e3:.2f} ms")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {rss:.0f} MiB" + (f", peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+                                       if device.type == "cuda" else ""))
+    print(f"device={device} amp={args.amp} crop={crop[0]}x{crop[1]} batch={args.batch}+{args.batch} "
+          f"threads={torch.get_num_threads()}")
+    print(f"machinery_ratio={results['u2pl_plus'] / results['u2pl_plus_noop']:.3f} "
+          f"u2pl_plus_over_suponly={results['u2pl_plus'] / results['suponly']:.3f} "
+          f"enqueue_full_over_empty={full / empty:.3f}")
+
+
+if __name__ == "__main__":
+    main()
