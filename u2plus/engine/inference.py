@@ -42,7 +42,7 @@ def evaluate_checkpoint(cfg, checkpoint: str, split: str | None = None) -> dict:
     return result
 
 
-def _collect_inputs(inputs: list[str]) -> list[Path]:
+def collect_inputs(inputs: list[str]) -> list[Path]:
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -58,31 +58,41 @@ def _collect_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
-@torch.inference_mode()
-def predict_paths(checkpoint: str, inputs: list[str], out_dir: str, mode: str | None = None,
-                  device: str = "auto") -> int:
-    """Segment every input image; write ``<stem>_mask.png`` (colours), ``<stem>_overlay.png`` and
-    ``<stem>_labels.png`` (train ids) at the image's own resolution. Returns the image count."""
+def load_for_inference(checkpoint: str, device: str = "auto"):
+    """(checkpoint state, its config, the model to run, its input normalisation, device)."""
     state = load_checkpoint(checkpoint)
     cfg = config_from_checkpoint(state)
     dev = resolve_device(device)
     model = load_trained_model(cfg, state, dev)
     mean, std = normalisation(cfg, model)
-    normalize = Normalize(mean, std)
+    return state, cfg, model, Normalize(mean, std), dev
+
+
+def rescale_image(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """The fixed training-time rescale (``data.resize_factor``) of a uint8 image [3, H, W]."""
+    if factor == 1.0:
+        return image
+    h, w = image.shape[1:]
+    size = [max(1, round(h * factor)), max(1, round(w * factor))]
+    return F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True,
+                         align_corners=False)[0].clamp(0, 255).round().to(torch.uint8)
+
+
+@torch.inference_mode()
+def predict_paths(checkpoint: str, inputs: list[str], out_dir: str, mode: str | None = None,
+                  device: str = "auto") -> int:
+    """Segment every input image; write ``<stem>_mask.png`` (colours), ``<stem>_overlay.png`` and
+    ``<stem>_labels.png`` (train ids) at the image's own resolution. Returns the image count."""
+    state, cfg, model, normalize, dev = load_for_inference(checkpoint, device)
     mode = mode or ("whole" if cfg.eval.mode == "center_crop" else cfg.eval.mode)
     class_names = state.get("class_names")
     palette = palette_for(model.num_classes, cfg.data.dataset)
     out = Path(out_dir)
-    paths = _collect_inputs(inputs)
+    paths = collect_inputs(inputs)
     for path in paths:
         image = read_image(path)
         h, w = image.shape[1:]
-        x = image
-        if cfg.data.resize_factor != 1.0:
-            size = [max(1, round(h * cfg.data.resize_factor)), max(1, round(w * cfg.data.resize_factor))]
-            x = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True,
-                              align_corners=False)[0].clamp(0, 255).to(torch.uint8)
-        x = normalize(x)[None].to(dev)
+        x = normalize(rescale_image(image, cfg.data.resize_factor))[None].to(dev)
         logits = predict_logits(model.predict, x, model.num_classes, mode=mode,
                                 crop_size=tuple(cfg.eval.crop_size),
                                 stride=tuple(cfg.eval.stride) if cfg.eval.stride else None,

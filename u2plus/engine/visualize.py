@@ -12,18 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..config import config_from_checkpoint
 from ..data.base import read_image
-from ..data.transforms import Normalize
 from ..losses.entropy import pixel_entropy
 from ..losses.partition import entropy_threshold, reliable_mask
 from ..viz import colorize, entropy_map_rgb, palette_for
-from .checkpoint import load_checkpoint
 from .evaluate import predict_logits
-from .inference import _collect_inputs, load_trained_model
-from .trainer import normalisation, resolve_device
+from .inference import collect_inputs, load_for_inference, rescale_image
 
 
 def pick_pixels(entropy: np.ndarray, reliable: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -93,22 +88,12 @@ def fig2_panels(image_uint8: np.ndarray, prob: np.ndarray, alpha: float, class_n
 def visualize_paths(checkpoint: str, inputs: list[str], out_dir: str, alpha: float | None = None,
                     device: str = "auto") -> list[Path]:
     """Write ``<stem>_fig2.png`` for every input image; returns the written paths."""
-    state = load_checkpoint(checkpoint)
-    cfg = config_from_checkpoint(state)
-    dev = resolve_device(device)
-    model = load_trained_model(cfg, state, dev)
-    mean, std = normalisation(cfg, model)
-    normalize = Normalize(mean, std)
+    state, cfg, model, normalize, dev = load_for_inference(checkpoint, device)
     alpha = cfg.method.alpha0 if alpha is None else alpha
     palette = palette_for(model.num_classes, cfg.data.dataset)
     written = []
-    for path in _collect_inputs(inputs):
-        image = read_image(path)
-        if cfg.data.resize_factor != 1.0:
-            h, w = image.shape[1:]
-            size = [max(1, round(h * cfg.data.resize_factor)), max(1, round(w * cfg.data.resize_factor))]
-            image = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True,
-                                  align_corners=False)[0].clamp(0, 255).to(torch.uint8)
+    for path in collect_inputs(inputs):
+        image = rescale_image(read_image(path), cfg.data.resize_factor)
         logits = predict_logits(model.predict, normalize(image)[None].to(dev), model.num_classes, mode="whole")
         prob = logits.float().softmax(1)[0].cpu().numpy()
         out = Path(out_dir) / f"{path.stem}_fig2.png"

@@ -19,6 +19,7 @@ this module only wires them together:
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -62,12 +63,9 @@ class U2PLPlus(Method):
             raise ConfigError(f"method.name={m.name} needs model.rep_head=true (contrastive/denoising)")
         self.prototypes = PrototypeMemory(num_classes, dim) if self.needs_rep else None
         self.queues = ClassQueues(num_classes, dim, m.queue_size) if (m.contrastive and m.use_queue) else None
-        self.contrastive_cfg = ContrastiveConfig(
-            temperature=m.temperature, num_anchors=m.num_anchors, num_negatives=m.num_negatives,
-            delta_p=m.delta_p, r_l=m.r_l, r_h=m.r_h, use_queue=m.use_queue, rank_threshold=m.rank_threshold,
-            negatives_from=m.negatives_from, labeled_negatives=m.labeled_negatives,
-            ignore_index=self.ignore_index,
-        )
+        # the contrastive switches are method.* keys of the same names
+        names = [f.name for f in dataclasses.fields(ContrastiveConfig) if f.name != "ignore_index"]
+        self.contrastive_cfg = ContrastiveConfig(**{n: m[n] for n in names}, ignore_index=self.ignore_index)
 
     def train(self, mode: bool = True):
         super().train(mode)
