@@ -115,7 +115,9 @@ def test_voc_blender_and_semi_supervised_sets(tmp_path):
     assert build_dataset(c, "train").has_masks
     lab, unl = build_train_sets(c, semi_supervised=True)
     assert lab.ids() == ["2008_000002"] and first_row(lab, 0, 2) == [3, 4]
-    assert unl.ids() == ["2008_000001"] and not unl.has_masks
+    # every unlabeled image has a mask here: kept for diagnostics only (never trained on,
+    # see tests/unit/test_methods.py::test_unlabeled_masks_only_feed_diagnostics)
+    assert unl.ids() == ["2008_000001"] and unl.has_masks
 
 
 def test_voc_classic_labeled_image_without_mask_is_an_error(tmp_path):
