@@ -80,7 +80,6 @@ def test_predict_files_and_folders(trained_run, tmp_path):
 
 
 def test_visualize_writes_fig2_panels(trained_run, tmp_path):
-    from u2plus.engine.visualize import visualize_paths
 
     image = DEMO_ROOT / "val" / "0016E5_07959.jpg"
     assert main(["visualize", "--checkpoint", str(trained_run / "last.pt"), str(image), "--out",

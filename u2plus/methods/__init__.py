@@ -17,19 +17,15 @@ METHODS = {
 }
 
 
-def build_method(cfg, student) -> Method:
-    try:
-        cls = METHODS[cfg.method.name]
-    except KeyError:
-        raise ConfigError(f"method.name={cfg.method.name!r} is not one of {', '.join(sorted(METHODS))}") from None
-    return cls(cfg, student)
-
-
 def method_class(cfg):
     try:
         return METHODS[cfg.method.name]
     except KeyError:
         raise ConfigError(f"method.name={cfg.method.name!r} is not one of {', '.join(sorted(METHODS))}") from None
+
+
+def build_method(cfg, student) -> Method:
+    return method_class(cfg)(cfg, student)
 
 
 __all__ = ["METHODS", "Method", "StepContext", "build_method", "method_class"]

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.ema import ema_momentum, ema_update
+from ..errors import ConfigError
 from ..losses.contrastive import ClassQueues, ContrastiveConfig, contrastive_loss, unlabeled_negative_mask, class_rank
 from ..losses.denoise import denoise_probabilities, prototype_weights
 from ..losses.entropy import pixel_entropy
@@ -58,8 +59,6 @@ class U2PLPlus(Method):
         num_classes, dim = student.num_classes, cfg.model.rep_dim
         self.needs_rep = m.contrastive or m.prototype_denoising
         if self.needs_rep and not cfg.model.rep_head:
-            from ..errors import ConfigError
-
             raise ConfigError(f"method.name={m.name} needs model.rep_head=true (contrastive/denoising)")
         self.prototypes = PrototypeMemory(num_classes, dim) if self.needs_rep else None
         self.queues = ClassQueues(num_classes, dim, m.queue_size) if (m.contrastive and m.use_queue) else None
@@ -148,8 +147,8 @@ class U2PLPlus(Method):
             with torch.no_grad():
                 prob_small = torch.cat([t_logits[:b_l], t_logits_u_mix]).softmax(1)
                 labels_small = torch.cat([resize_nearest(y_l, feat_size), resize_nearest(y_mix, feat_size)])
-                unrel_small = torch.cat([torch.zeros_like(resize_nearest(rel_mix, feat_size)),
-                                         ~resize_nearest(rel_mix, feat_size)])
+                rel_small = resize_nearest(rel_mix, feat_size)
+                unrel_small = torch.cat([torch.zeros_like(rel_small), ~rel_small])
                 is_labeled = torch.arange(b_l + b_u, device=x_l.device) < b_l
                 z_t = torch.cat([t_out["rep"][:b_l], t_rep_mix])
             loss_c, stats = contrastive_loss(
