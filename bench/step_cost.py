@@ -132,7 +132,8 @@ def main() -> None:
     for name in ("suponly", "selftrain", "u2pl_plus", "u2pl_plus_noop"):
         method_name = "u2pl_plus" if name == "u2pl_plus_noop" else name
         cfg = load_config(REPO / "configs/camvid/_base.yaml",
-                          [f"method.name={method_name}", "model.pretrained=none", f"train.amp={args.amp}"])
+                          [f"method.name={method_name}", "model.pretrained=none", f"train.amp={args.amp}",
+                           "method.sup_only_epochs=0"])
         ctx = torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16) \
             if args.amp != "off" else torch.autocast(device.type, enabled=False)
         with ctx:

@@ -28,4 +28,5 @@ def tiny_overrides(out_dir: Path, steps: int = 4) -> list[str]:
         f"out_dir={out_dir}", f"train.max_iters={steps}", "train.checkpoint_every=2", "train.log_every=1",
         "data.batch_size=2", "data.unlabeled_batch_size=2", "data.crop_size=[64,96]", "data.num_workers=0",
         "train.deterministic=true", "train.num_threads=1",
+        "method.sup_only_epochs=0",  # the full method from step 0 (the demo config warms up first)
     ]

@@ -84,7 +84,8 @@ def cmd_train(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     metrics = train(cfg)
-    print(json.dumps({"mIoU": metrics["mIoU"], "out_dir": str(cfg.out_dir)}))
+    if metrics:  # under torchrun only rank 0 reports
+        print(json.dumps({"mIoU": metrics["mIoU"], "out_dir": str(cfg.out_dir)}))
 
 
 def cmd_eval(args) -> None:

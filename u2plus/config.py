@@ -75,7 +75,8 @@ class ModelConfig:
     aspp_dropout: float = 0.1
     rep_head: bool = True
     rep_dim: int = 256
-    sync_bn: bool = False
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    freeze_bn: bool = False  # BatchNorm layers keep their running statistics while training
 
 
 @dataclass

@@ -13,7 +13,10 @@ from u2plus.losses.contrastive import (
     contrastive_loss,
     labeled_negative_mask,
     pixel_info_nce,
-    sample_per_class,
+    hash31,
+    pixel_keys,
+    select_lowest_per_class,
+    uniform_draws,
     unlabeled_negative_mask,
 )
 
@@ -78,33 +81,60 @@ def test_unlabeled_negative_mask_rank_window_and_rh_clipped():
 # ----------------------------------------------------------------- sampling
 
 
-def test_sample_per_class_caps_and_flat_indices():
-    mask = torch.zeros(2, 3, 2, 3, dtype=torch.bool)
-    c0 = [(0, 0, 0), (0, 1, 2), (1, 0, 1), (1, 1, 1), (1, 1, 2)]  # (b, h, w)
-    for b, y, x in c0:
-        mask[b, 0, y, x] = True
-    mask[1, 1, 0, 0] = True
-    mask[0, 1, 1, 1] = True
-    flat_c0 = {b * 6 + y * 3 + x for b, y, x in c0}  # {0, 5, 7, 10, 11}
-    flat, cls = sample_per_class(mask, max_per_class=3, generator=torch.Generator().manual_seed(0))
-    assert cls.tolist() == [0, 0, 0, 1, 1]
-    f0 = flat[:3].tolist()
-    assert len(set(f0)) == 3 and set(f0) <= flat_c0
-    assert set(flat[3:].tolist()) == {6, 4}
-    all_flat, all_cls = sample_per_class(mask, None)
-    assert all_cls.tolist() == [0] * 5 + [1, 1]
-    assert all_flat.tolist() == [0, 5, 7, 10, 11, 4, 6]
-    # different seeds choose different subsets (the choice is random)
-    subsets = {
-        tuple(sorted(sample_per_class(mask, 3, torch.Generator().manual_seed(s))[0][:3].tolist()))
-        for s in range(20)
-    }
-    assert len(subsets) > 1
+def test_hash31_range_and_spread():
+    h = hash31(torch.arange(100000))
+    assert int(h.min()) >= 0 and int(h.max()) < 2**31
+    assert h.unique().numel() > 99990  # (almost) no collisions on consecutive inputs
+    assert abs(h.double().mean().item() / 2**31 - 0.5) < 0.01
 
 
-def test_sample_per_class_empty_mask():
-    flat, cls = sample_per_class(torch.zeros(1, 2, 2, 2, dtype=torch.bool), 4)
-    assert flat.numel() == 0 and cls.numel() == 0
+def test_pixel_keys_unique_per_class_and_seeded():
+    ids = torch.arange(50)
+    k0 = pixel_keys(7, 1, torch.zeros(50, dtype=torch.long), ids)
+    assert k0.unique().numel() == 50
+    assert torch.equal(k0 & (2**31 - 1), ids)  # low bits: the pixel id (uniqueness)
+    assert torch.equal(k0, pixel_keys(7, 1, torch.zeros(50, dtype=torch.long), ids))
+    assert not torch.equal(k0, pixel_keys(8, 1, torch.zeros(50, dtype=torch.long), ids))
+    assert not torch.equal(k0, pixel_keys(7, 1, torch.ones(50, dtype=torch.long), ids))
+    # a pixel's key does not depend on which other pixels are present (process-independent)
+    assert torch.equal(pixel_keys(7, 1, torch.zeros(5, dtype=torch.long), ids[10:15]), k0[10:15])
+
+
+def test_uniform_draws_range_and_reproducible():
+    u = uniform_draws(3, 5, torch.zeros(200, dtype=torch.long), torch.arange(200), 50)
+    assert u.shape == (200, 50) and float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    assert abs(u.mean().item() - 0.5) < 0.01
+    assert torch.equal(u[20:30], uniform_draws(3, 5, torch.zeros(10, dtype=torch.long), torch.arange(20, 30), 50))
+
+
+def test_select_lowest_per_class_hand_case():
+    keys = torch.tensor([50, 10, 40, 30, 20, 60, 5])
+    classes = torch.tensor([0, 0, 1, 0, 1, 1, 2])
+    # class 0 keys 50, 10, 30 -> lowest two 10, 30; class 1: 40, 20, 60 -> 20, 40; class 2: 5
+    assert select_lowest_per_class(keys, classes, 2, 3).tolist() == [False, True, True, True, True, False, True]
+    assert select_lowest_per_class(keys, classes, None, 3).all()
+    assert select_lowest_per_class(keys[:0], classes[:0], 2, 3).numel() == 0
+
+
+class _FakeTwoProcessComm:
+    """``comm.cat`` as two processes holding ``mine`` and ``other`` would see it."""
+
+    world_size = 2
+
+    def __init__(self, other_table):
+        self.other = other_table
+
+    def cat(self, t):
+        return torch.cat([t, self.other])
+
+
+def test_select_lowest_per_class_uses_the_global_kth_key():
+    # process A holds class-0 keys 10, 30, 50; process B holds 20, 40 (k = 2: global 10, 20)
+    keys_a, cls_a = torch.tensor([10, 30, 50]), torch.zeros(3, dtype=torch.long)
+    table_b = torch.full((1, 1, 2), torch.iinfo(torch.int64).max)
+    table_b[0, 0] = torch.tensor([20, 40])
+    keep = select_lowest_per_class(keys_a, cls_a, 2, 1, _FakeTwoProcessComm(table_b))
+    assert keep.tolist() == [True, False, False]
 
 
 # ----------------------------------------------------------------- InfoNCE
@@ -168,7 +198,7 @@ HAND_LOSS = (0.2395448 + 0.0359764) / 2
 def test_contrastive_loss_hand_value(use_queue):
     cfg = ContrastiveConfig(num_negatives=2, use_queue=use_queue)
     q = ClassQueues(2, 2, size=8) if use_queue else None
-    loss, stats = contrastive_loss(**_hand_case(), queues=q, cfg=cfg, generator=torch.Generator().manual_seed(0))
+    loss, stats = contrastive_loss(**_hand_case(), queues=q, cfg=cfg)
     assert loss.item() == pytest.approx(HAND_LOSS, abs=1e-6)
     assert stats["anchors_per_class"].tolist() == [1, 1]
     assert stats["negatives_per_class"].tolist() == [1, 2]
@@ -244,7 +274,6 @@ def _isolation_case(q0_key, q1_keys):
         proto_valid=torch.tensor([True, True]),
         queues=q,
         cfg=ContrastiveConfig(num_negatives=2),
-        generator=torch.Generator().manual_seed(0),
     )
     return loss, stats, q
 

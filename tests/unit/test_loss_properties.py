@@ -113,7 +113,7 @@ def test_contrastive_loss_finite_and_grad_to_student_only(
         num_anchors=num_anchors, num_negatives=3, r_l=r_l, r_h=r_h, use_queue=use_queue,
         rank_threshold=rank_threshold, negatives_from=negatives_from, labeled_negatives=labeled_negatives,
     )
-    loss, stats = contrastive_loss(z_s, z_t, prob, labels, is_labeled, unreliable, protos, proto_valid, queues, cfg, g)
+    loss, stats = contrastive_loss(z_s, z_t, prob, labels, is_labeled, unreliable, protos, proto_valid, queues, cfg, seed=seed)
     assert loss.dim() == 0 and torch.isfinite(loss) and loss.item() >= 0
     assert stats["anchors_per_class"].shape == (c,) and (stats["anchors_per_class"] <= num_anchors).all()
     assert stats["negatives_per_class"].shape == (c,)

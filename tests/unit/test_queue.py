@@ -66,8 +66,8 @@ def test_enqueue_detaches_and_casts():
 def test_sample_only_valid_entries_of_own_class_and_uniform():
     q = ClassQueues(num_classes=3, dim=1, size=5)
     q.enqueue(_k(1, 2, 7), torch.tensor([0, 0, 1]))
-    gen = torch.Generator().manual_seed(0)
-    s = q.sample(torch.tensor([0, 1, 0]), n=400, generator=gen)
+    u = torch.rand(3, 400, generator=torch.Generator().manual_seed(0))
+    s = q.sample(torch.tensor([0, 1, 0]), u)
     assert s.shape == (3, 400, 1)
     assert set(s[1].flatten().tolist()) == {7.0}  # class 1 has one entry
     vals = s[[0, 2]].flatten()
@@ -79,10 +79,11 @@ def test_sample_only_valid_entries_of_own_class_and_uniform():
 def test_sample_full_queue_reaches_all_slots_and_is_reproducible():
     q = ClassQueues(num_classes=1, dim=1, size=4)
     q.enqueue(_k(1, 2, 3, 4, 5, 6), torch.zeros(6, dtype=torch.long))  # [5, 6, 3, 4]
-    s1 = q.sample(torch.tensor([0]), n=200, generator=torch.Generator().manual_seed(3))
-    s2 = q.sample(torch.tensor([0]), n=200, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(s1, s2)
+    s1 = q.sample(torch.tensor([0]), torch.rand(1, 200, generator=torch.Generator().manual_seed(3)))
     assert set(s1.flatten().tolist()) == {3.0, 4.0, 5.0, 6.0}
+    # slot floor(u * count): u just below 1 still lands in the last valid slot
+    edges = q.sample(torch.tensor([0]), torch.tensor([[0.0, 0.2499, 0.25, 0.9999999]]))
+    assert edges.flatten().tolist() == [5.0, 5.0, 6.0, 4.0]
 
 
 def test_reset_and_state_dict_buffers():

@@ -15,8 +15,9 @@ from ..methods import build_method
 from ..models import build_segmentor
 from ..viz import colorize, overlay, palette_for, save_png
 from .checkpoint import load_checkpoint
+from .distributed import resolve_device
 from .evaluate import predict_logits
-from .trainer import build_eval_loader, normalisation, resolve_device, run_evaluation
+from .trainer import build_eval_loader, normalisation, run_evaluation
 
 
 def load_trained_model(cfg, state: dict, device: torch.device):

@@ -2,12 +2,17 @@
 
 build data -> check every file -> build model + method -> optimiser + schedule -> (resume) ->
 loop {step, log, checkpoint, evaluate} -> final checkpoint, evaluation and ``metrics.json``.
+
+Under ``torchrun`` every process runs this loop on its slice of each global batch with the
+student wrapped in DDP; only rank 0 logs, evaluates and writes checkpoints
+(:mod:`u2plus.engine.distributed`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -21,18 +26,13 @@ from ..config import save_config
 from ..data import build_dataset, build_train_sets
 from ..data.sampler import collate, make_train_loader
 from ..data.transforms import EvalTransform, TrainTransform
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..methods import StepContext, build_method, method_class
 from ..models import build_segmentor
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import DistInfo, init_distributed, shutdown_distributed
 from .evaluate import evaluate, format_iou_table
 from .optim import build_optimizer, build_scheduler
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -73,23 +73,49 @@ def run_evaluation(cfg, model, loader, dataset, device, progress: bool = False) 
 
 
 def train(cfg) -> dict:
-    """Train with ``cfg``; returns the final metrics (also written to ``out_dir/metrics.json``)."""
+    """Train with ``cfg``; returns the final metrics (also written to ``out_dir/metrics.json``).
+
+    Under ``torchrun`` it joins the process group first; processes other than rank 0 return
+    ``{}``.
+    """
+    info, device = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info, device)
+    finally:
+        shutdown_distributed(info)
+
+
+def _check_distributed(cfg, info: DistInfo, device: torch.device) -> None:
+    for key in ("batch_size", "unlabeled_batch_size"):
+        if cfg.data[key] % info.world_size:
+            raise ConfigError(f"data.{key}={cfg.data[key]} is the global batch; it must be divisible by "
+                              f"the {info.world_size} processes")
+    if cfg.model.sync_bn and device.type == "cpu":
+        raise ConfigError("model.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
+                          "on CPU use model.freeze_bn=true or plain BatchNorm")
+
+
+def _train(cfg, info: DistInfo, device: torch.device) -> dict:
     out_dir = Path(cfg.out_dir)
-    device = resolve_device(cfg.device)
+    comm = info.comm()
+    main = info.is_main
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.seed)
+    if info.enabled:
+        _check_distributed(cfg, info, device)
 
-    # --- data, checked before anything trains ------------------------------------------
+    # --- data, checked before anything trains (by rank 0) -------------------------------
     semi = method_class(cfg).semi_supervised
     labeled, unlabeled = build_train_sets(cfg.data, semi)
     val_set = build_dataset(cfg.data, cfg.data.val_split)
-    if cfg.data.validate:
+    if cfg.data.validate and main:
         for ds in (labeled, unlabeled, val_set):
             if ds is not None:
                 ds.check_files()
+    comm.barrier()
 
     # --- model, method, optimisation ----------------------------------------------------
     model = build_segmentor(cfg.model, labeled.num_classes)
@@ -101,6 +127,16 @@ def train(cfg) -> dict:
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     if cfg.train.channels_last:
         method.to(memory_format=memory_format)
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(
+            method.student, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # e.g. the representation head during a SupOnly warm-up
+        )
+        method.attach_distributed(comm, runner)
+        if info.rank:  # dropout etc. draw different numbers on each process
+            torch.manual_seed(cfg.seed * 7919 + info.rank)
     iters_per_epoch = math.ceil(
         len(unlabeled) / cfg.data.unlabeled_batch_size if unlabeled is not None else len(labeled) / cfg.data.batch_size
     )
@@ -117,35 +153,59 @@ def train(cfg) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
         start_step = int(state["step"])
-        print(f"resumed from {resume_path} at step {start_step}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".last.pt.*.tmp"):  # partial writes of a killed run
-        stale.unlink()
-    save_config(cfg, out_dir / "config.yaml")
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        if len(per_rank) == info.world_size:  # same process count: exact continuation
+            set_rng_state(per_rank[info.rank])
+        elif info.rank == 0:
+            set_rng_state(state["rng"])
+        else:
+            torch.manual_seed(cfg.seed * 7919 + info.rank + 104729 * start_step)
+        if main:
+            print(f"resumed from {resume_path} at step {start_step}")
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".last.pt.*.tmp"):  # partial writes of a killed run
+            stale.unlink()
+        save_config(cfg, out_dir / "config.yaml")
 
     workers = cfg.data.num_workers
-    labeled_loader = iter(make_train_loader(labeled, cfg.data.batch_size, cfg.seed, start_step, workers, stream=0))
+    shard = {"rank": info.rank, "world_size": info.world_size}
+    labeled_loader = iter(make_train_loader(labeled, cfg.data.batch_size, cfg.seed, start_step, workers,
+                                            stream=0, **shard))
     unlabeled_loader = (iter(make_train_loader(unlabeled, cfg.data.unlabeled_batch_size, cfg.seed, start_step,
-                                               workers, stream=1)) if unlabeled is not None else None)
-    from torch.utils.tensorboard import SummaryWriter
+                                               workers, stream=1, **shard)) if unlabeled is not None else None)
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(out_dir / "tb"))
+        writer = SummaryWriter(str(out_dir / "tb"))
 
     def checkpoint(step: int) -> None:
-        save_checkpoint({
-            "step": step, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-            "config": OmegaConf.to_container(cfg), "num_classes": labeled.num_classes,
-            "class_names": labeled.class_names,
-        }, out_dir / "last.pt")
+        rngs = _gather_objects(rng_state(), info)
+        if main:
+            save_checkpoint({
+                "step": step, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rngs[0],
+                "rng_per_rank": rngs, "world_size": info.world_size,
+                "config": OmegaConf.to_container(cfg), "num_classes": labeled.num_classes,
+                "class_names": labeled.class_names,
+            }, out_dir / "last.pt")
+        comm.barrier()
 
-    val_loader = None
+    def evaluate_main():
+        """Rank 0 evaluates; the others wait."""
+        res = None
+        if main:
+            v_set, v_loader = build_eval_loader(cfg, cfg.data.val_split, mean, std)
+            res = run_evaluation(cfg, method.eval_model(), v_loader, v_set, device)
+        comm.barrier()
+        return res
+
     method.train()
     t0 = time.time()
     bar = tqdm(range(start_step, max_iters), initial=start_step, total=max_iters, desc=cfg.method.name,
-               dynamic_ncols=True, mininterval=2.0)
+               dynamic_ncols=True, mininterval=2.0, disable=not main)
     for step in bar:
         ctx = StepContext(step, max_iters, iters_per_epoch)
         batch_l = _to_device(next(labeled_loader), device, memory_format)
@@ -153,7 +213,8 @@ def train(cfg) -> dict:
         with autocast_context(cfg.train.amp, device):
             loss, logs = method.training_step(batch_l, batch_u, ctx)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        # each process holds its share of the global-mean loss; DDP averages gradients
+        scaler.scale(loss * info.world_size).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -163,30 +224,34 @@ def train(cfg) -> dict:
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or check the data")
         done = step + 1
         if done % cfg.train.log_every == 0 or done == max_iters:
-            scalars = {"loss": float(loss.detach())}
-            scalars.update({k: float(v) for k, v in logs.items() if _is_scalar(v)})
-            for k, v in scalars.items():
-                writer.add_scalar(f"train/{k}", v, done)
-            for k, v in logs.items():  # per-class vectors: one curve per class
-                if isinstance(v, torch.Tensor) and v.numel() == labeled.num_classes and v.dim() == 1:
-                    for name, x in zip(labeled.class_names, v.tolist()):
+            scalars, vectors = _reduce_logs(loss, logs, labeled.num_classes, comm)
+            if main:
+                for k, v in scalars.items():
+                    writer.add_scalar(f"train/{k}", v, done)
+                for k, v in vectors.items():  # per-class vectors: one curve per class
+                    for name, x in zip(labeled.class_names, v):
                         writer.add_scalar(f"train/{k}/{name}", x, done)
-            writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
-            bar.set_postfix(_progress_fields(scalars, optimizer.param_groups[0]["lr"]), refresh=False)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
+                rss = _rss_mib()
+                if rss is not None:
+                    writer.add_scalar("sys/rss_mib", rss, done)
+                if device.type == "cuda":
+                    writer.add_scalar("sys/cuda_max_allocated_mib", torch.cuda.max_memory_allocated(device) / 2**20, done)
+                bar.set_postfix(_progress_fields(scalars, optimizer.param_groups[0]["lr"]), refresh=False)
         if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 and done < max_iters:
             checkpoint(done)
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < max_iters:
-            if val_loader is None:
-                val_set, val_loader = build_eval_loader(cfg, cfg.data.val_split, mean, std)
-            res = run_evaluation(cfg, method.eval_model(), val_loader, val_set, device)
-            writer.add_scalar("val/mIoU", res["mIoU"], done)
-            bar.write(f"step {done}: val mIoU {res['mIoU']:.2f}")
+            res = evaluate_main()
+            if main:
+                writer.add_scalar("val/mIoU", res["mIoU"], done)
+                bar.write(f"step {done}: val mIoU {res['mIoU']:.2f}")
     bar.close()
     train_time = time.time() - t0
     checkpoint(max_iters)
 
-    val_set, val_loader = build_eval_loader(cfg, cfg.data.val_split, mean, std)
-    result = run_evaluation(cfg, method.eval_model(), val_loader, val_set, device)
+    result = evaluate_main()
+    if not main:
+        return {}
     writer.add_scalar("val/mIoU", result["mIoU"], max_iters)
     writer.close()
     metrics = {
@@ -194,10 +259,52 @@ def train(cfg) -> dict:
         "method": cfg.method.name, "steps": max_iters, "train_seconds": round(train_time, 1),
         "seconds_per_step": round(train_time / max(max_iters - start_step, 1), 4),
         "labeled_images": len(labeled), "unlabeled_images": len(unlabeled) if unlabeled is not None else 0,
+        "processes": info.world_size,
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(format_iou_table(result))
     return metrics
+
+
+def _reduce_logs(loss: torch.Tensor, logs: dict, num_classes: int, comm) -> tuple[dict, dict]:
+    """Scalars and per-class vectors to log, over all processes in one all-reduce: loss terms
+    (each process holds a share of the global mean) are summed, everything else is averaged."""
+    names, values = ["loss"], [loss.detach().float().reshape(1)]
+    for k, v in logs.items():
+        if _is_scalar(v) or (isinstance(v, torch.Tensor) and v.dim() == 1 and v.numel() == num_classes):
+            names.append(k)
+            values.append(torch.as_tensor(v, dtype=torch.float32, device=loss.device).detach().reshape(-1))
+    sizes = [v.numel() for v in values]
+    flat = torch.cat(values)
+    if comm.world_size > 1:
+        weights = torch.cat([torch.full((n,), 1.0 if k.startswith("loss") else 1.0 / comm.world_size,
+                                        device=flat.device) for k, n in zip(names, sizes)])
+        flat = comm.sum(flat * weights)
+    scalars, vectors = {}, {}
+    for k, chunk in zip(names, flat.split(sizes)):
+        if k == "loss" or _is_scalar(logs[k]):
+            scalars[k] = float(chunk)
+        else:
+            vectors[k] = chunk.tolist()
+    return scalars, vectors
+
+
+def _rss_mib() -> float | None:
+    """Current resident memory of this process (Linux), for the ``sys/rss_mib`` curve."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _gather_objects(obj, info: DistInfo) -> list:
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 def _resume_path(cfg, out_dir: Path):

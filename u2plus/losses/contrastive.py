@@ -17,24 +17,96 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..engine.distributed import LOCAL, Comm
+
 __all__ = [
-    "class_rank",
-    "anchor_mask",
-    "labeled_negative_mask",
-    "unlabeled_negative_mask",
     "ClassQueues",
-    "sample_per_class",
-    "pixel_info_nce",
     "ContrastiveConfig",
+    "anchor_mask",
+    "class_rank",
     "contrastive_loss",
+    "hash31",
+    "labeled_negative_mask",
+    "pixel_info_nce",
+    "pixel_keys",
+    "select_lowest_per_class",
+    "uniform_draws",
+    "unlabeled_negative_mask",
 ]
 
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """``torch.rand`` drawn on the generator's device (if any), returned on ``device``."""
-    if generator is None:
-        return torch.rand(shape, device=device)
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+_M31 = 0x7FFFFFFF
+_KEY_MAX = torch.iinfo(torch.int64).max
+# salts that separate the random streams of one step
+_SALT_ANCHORS, _SALT_NEGATIVES, _SALT_DRAWS = 0x1B873593, 0x2C1B3C6D, 0x297A2D39
+
+
+def hash31(x: Tensor) -> Tensor:
+    """A 31-bit integer hash of int64 tensors (xor-shift-multiply rounds; products stay below
+    2**63, so nothing overflows)."""
+    x = x & _M31
+    for _ in range(3):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & _M31
+    return x
+
+
+def _seed31(seed: int, salt: int) -> int:
+    """:func:`hash31` of a Python int (any size), mixed with a salt."""
+    x = (seed ^ salt) & _M31
+    for high in (seed >> 31, 0, 0):
+        x = ((((x >> 16) ^ x) * 0x45D9F3B) & _M31) ^ (high & _M31)
+    return x
+
+
+def pixel_keys(seed: int, salt: int, classes: Tensor, pixel_ids: Tensor) -> Tensor:
+    """Reproducible random sort keys of ``(class, pixel)`` pairs.
+
+    ``pixel_ids`` are *global* ids (image index in the global batch x H*W + pixel, < 2**31), so
+    a pair gets the same key whichever process holds it: sampling "the k pairs of class c with
+    the lowest keys" is then the same at any process count. The low 31 bits are the pixel id,
+    which makes keys unique within a class.
+    """
+    s = _seed31(seed, salt)
+    h = hash31(hash31(pixel_ids ^ s) ^ ((classes.long() * 0x9E3779B1) & _M31))
+    return (h << 31) | (pixel_ids & _M31)
+
+
+def uniform_draws(seed: int, salt: int, classes: Tensor, pixel_ids: Tensor, n: int) -> Tensor:
+    """``[len(pixel_ids), n]`` reproducible uniforms in ``[0, 1)``, a function of (pair, j) only."""
+    base = pixel_keys(seed, salt, classes, pixel_ids) >> 31
+    j = torch.arange(1, n + 1, device=pixel_ids.device, dtype=torch.long)
+    bits = hash31(hash31(base.unsqueeze(1) ^ ((j * 0x27D4EB2F) & _M31).unsqueeze(0)) ^ j)
+    return bits.double().div(2.0 ** 31).float().clamp_max(1.0 - 2.0 ** -24)
+
+
+def select_lowest_per_class(keys: Tensor, classes: Tensor, k: int | None, num_classes: int,
+                            comm: Comm = LOCAL) -> Tensor:
+    """Bool mask of the entries whose key is among the ``k`` lowest of their class *over all
+    processes* (every entry when ``k`` is None or a class has fewer).
+
+    Each process ranks its own entries per class; the local top-``k`` keys of every class go
+    to all processes in one fixed-size all-gather ``[C, k]``, which gives each class's global
+    ``k``-th key.
+    """
+    if k is None:
+        return torch.ones_like(classes, dtype=torch.bool)
+    n = keys.shape[0]
+    dev = keys.device
+    o1 = torch.argsort(keys)
+    o2 = torch.sort(classes[o1], stable=True).indices
+    order = o1[o2]
+    counts = _class_counts(classes, num_classes)
+    starts = torch.cumsum(counts, 0) - counts
+    rank_in_class = torch.empty(n, dtype=torch.long, device=dev)
+    rank_in_class[order] = torch.arange(n, device=dev) - starts[classes[order]]
+    keep = rank_in_class < k
+    if comm.world_size == 1:
+        return keep
+    table = torch.full((num_classes, k), _KEY_MAX, dtype=torch.long, device=dev)
+    table[classes[keep], rank_in_class[keep]] = keys[keep]
+    everyone = comm.cat(table.unsqueeze(0))  # [W, C, k]
+    kth = everyone.permute(1, 0, 2).reshape(num_classes, -1).sort(dim=1).values[:, k - 1]
+    return keep & (keys <= kth[classes])
 
 
 # --------------------------------------------------------------------------- masks
@@ -168,9 +240,10 @@ class ClassQueues(nn.Module):
         self.count.copy_(torch.clamp(self.count + n_new, max=self.size))
 
     @torch.no_grad()
-    def sample(self, classes: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``n`` keys per entry of ``classes [A]`` uniformly with replacement among the valid
-        entries of that class's own queue, in one gather.
+    def sample(self, classes: Tensor, uniforms: Tensor) -> Tensor:
+        """Keys of the queues of ``classes [A]``, one per entry of ``uniforms [A, n]`` (in
+        ``[0, 1)``): entry ``u`` picks slot ``floor(u * count_c)``, i.e. uniform sampling with
+        replacement among the valid entries of the class's own queue, in one gather.
 
         The caller guarantees ``count > 0`` for those classes (an empty queue yields zero keys).
 
@@ -180,8 +253,7 @@ class ClassQueues(nn.Module):
         dev = self.keys.device
         classes = classes.to(dev).long()
         cnt = self.count[classes].clamp_min(1)
-        u = _rand((classes.shape[0], n), generator, dev)
-        idx = torch.minimum((u * cnt.unsqueeze(1)).long(), (cnt - 1).unsqueeze(1))
+        idx = torch.minimum((uniforms.to(dev) * cnt.unsqueeze(1)).long(), (cnt - 1).unsqueeze(1))
         return self.keys[classes.unsqueeze(1), idx]
 
     @torch.no_grad()
@@ -206,40 +278,6 @@ def _class_counts(classes: Tensor, C: int) -> Tensor:
     return torch.zeros(C, dtype=torch.long, device=classes.device).index_add_(
         0, classes, torch.ones_like(classes)
     )
-
-
-def sample_per_class(
-    mask: Tensor, max_per_class: int | None, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
-    """Choose up to ``max_per_class`` random True positions per class of ``mask``.
-
-    Vectorised: random keys, a sort by (class, key) and a within-class rank ``< max_per_class``.
-    All positions are kept for classes with fewer candidates (and for every class when
-    ``max_per_class`` is None).
-
-    Args:
-        mask: ``[B, C, H, W]`` bool.
-
-    Returns:
-        ``(flat_indices [K], classes [K])``: flat pixel indices into ``B*H*W`` (``b*H*W + h*W + w``)
-        and their classes, grouped by ascending class (random order within a class when
-        subsampled).
-    """
-    flat, cls = _positions_by_class(mask)
-    if max_per_class is None:
-        return flat, cls
-    K = cls.shape[0]
-    C = mask.shape[1]
-    key = _rand((K,), generator, mask.device)
-    o1 = torch.argsort(key)
-    o2 = torch.sort(cls[o1], stable=True).indices
-    order = o1[o2]
-    counts = _class_counts(cls, C)
-    starts = torch.cumsum(counts, 0) - counts
-    cls_sorted = cls[order]
-    rank_in_class = torch.arange(K, device=mask.device) - starts[cls_sorted]
-    sel = order[rank_in_class < max_per_class]
-    return flat[sel], cls[sel]
 
 
 def _gather_pixels(z: Tensor, flat: Tensor) -> Tensor:
@@ -352,6 +390,20 @@ def _negative_mask(
     return torch.where(lab_img, neg_l, neg_u)
 
 
+def _merge_keys(feats: Tensor, keys: Tensor, classes: Tensor, comm: Comm) -> tuple[Tensor, Tensor, Tensor]:
+    """All processes' ``(feature, key, class)`` rows in one padded all-gather (the features'
+    float32 bits, the int64 keys and the classes packed into one int32 tensor)."""
+    if comm.world_size == 1:
+        return feats, keys, classes
+    D = feats.shape[1]
+    packed = torch.cat([feats.float().contiguous().view(torch.int32),
+                        keys.contiguous().view(torch.int32).view(-1, 2),
+                        classes.to(torch.int32).unsqueeze(1)], dim=1)
+    rows = comm.cat_rows(packed)
+    return (rows[:, :D].contiguous().view(torch.float32), rows[:, D:D + 2].contiguous().view(torch.int64)[:, 0],
+            rows[:, D + 2].long())
+
+
 def contrastive_loss(
     z_student: Tensor,
     z_teacher: Tensor,
@@ -363,23 +415,31 @@ def contrastive_loss(
     proto_valid: Tensor,
     queues: ClassQueues | None,
     cfg: ContrastiveConfig,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
+    image_ids: Tensor | None = None,
+    comm: Comm = LOCAL,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``L_c`` of Eq. 10 following Algorithm 1 (METHOD.md step 9), all classes at once.
 
     1. Anchors of class ``c`` (Eq. 21-23): pixels with label ``c`` and ``p(c) > delta_p``; up to
-       ``M`` sampled per class; their *student* features (L2-normalised) carry the gradient.
+       ``M`` per class sampled over the *global* batch; their *student* features (L2-normalised)
+       carry the gradient.
     2. Negative candidates of class ``c`` (Eq. 25-28): *teacher* features (detached, normalised)
        of labeled pixels with ``y != c`` and ``O(c) < r_l`` and of unreliable unlabeled pixels
-       with ``r_l <= O(c) < r_h``; all pushed in one :meth:`ClassQueues.enqueue` call into
-       ``Q_c``. Only the newest ``size`` keys of a class survive a push, so when a class has more
-       candidates than ``size`` a uniform random subset of ``size`` of them is pushed (in one
-       step the arrival order is arbitrary anyway); this bounds memory.
+       with ``r_l <= O(c) < r_h``. Those of all processes (one all-gather) are pushed in one
+       :meth:`ClassQueues.enqueue` into ``Q_c``; when a class has more candidates than the queue
+       holds, a uniform random subset of ``size`` of them is pushed (it would overwrite itself
+       otherwise), which bounds memory.
     3. Each anchor draws ``N`` keys from its own class's queue ``Q_c`` (with replacement), or,
        with ``use_queue=False``, from this step's candidates of its class.
     4. Positive key: the (detached) prototype of the class.
-    5. ``L_c`` = mean over all anchors of the classes having anchors, a valid prototype and a
-       non-empty queue (resp. non-empty candidate set); 0 (differentiable, never NaN) if none.
+    5. ``L_c`` = mean over all anchors (of all processes) of the classes having anchors, a valid
+       prototype and a non-empty queue (resp. candidate set); 0 (differentiable, never NaN) if
+       none. Each process returns its share: the sum over its anchors / the global count.
+
+    Every random choice is a function of ``seed`` and the global id of a pixel
+    (:func:`pixel_keys`), so one process with batch 2B and two with B each pick the same anchors,
+    push the same keys in the same order and draw the same negatives.
 
     Args:
         z_student, z_teacher: ``[B, D, h, w]`` representations.
@@ -389,53 +449,76 @@ def contrastive_loss(
         is_labeled: ``[B]`` bool.
         unreliable: ``[B, h, w]`` bool (False on labeled images).
         prototypes: ``[C, D]``; proto_valid: ``[C]`` bool.
-        queues: the memory bank (required when ``cfg.use_queue``; updated in place).
+        queues: the memory bank (required when ``cfg.use_queue``; updated in place, identically
+            on every process).
+        seed: seed of this step's draws.
+        image_ids: ``[B]`` index of each image in the global batch (default ``0..B-1``).
+        comm: collectives (:data:`u2plus.engine.distributed.LOCAL` at one process).
 
     Returns:
-        ``(loss, stats)``; stats (detached tensors): ``anchors_per_class [C]`` (anchors sampled
-        this step), ``negatives_per_class [C]`` (new negative candidates this step),
-        ``queue_fill [C]`` (entries per queue after the push; zeros without a queue),
-        ``num_anchor_classes`` (classes contributing to the loss) and ``num_anchors`` (anchors
-        contributing to the loss).
+        ``(loss, stats)``; stats (detached tensors, global over processes):
+        ``anchors_per_class [C]`` (anchors sampled this step), ``negatives_per_class [C]`` (new
+        negative candidates this step), ``queue_fill [C]`` (entries per queue after the push;
+        zeros without a queue), ``num_anchor_classes`` (classes contributing to the loss) and
+        ``num_anchors`` (anchors contributing to the loss).
     """
     if cfg.use_queue and queues is None:
         raise ValueError("contrastive_loss: cfg.use_queue is True but no ClassQueues was given")
     B, D, h, w = z_student.shape
     C = prob.shape[1]
     dev = z_student.device
+    hw = h * w
     prob = prob.detach().float()
     rank = class_rank(prob)
+    if image_ids is None:
+        image_ids = torch.arange(B, device=dev)
+    image_ids = image_ids.to(dev).long()
 
-    # anchors (Eq. 21-23)
-    a_mask = anchor_mask(labels, prob, cfg.delta_p, cfg.ignore_index)
-    a_flat, a_cls = sample_per_class(a_mask, cfg.num_anchors, generator)
+    def global_ids(flat: Tensor) -> Tensor:
+        return image_ids[flat // hw] * hw + flat % hw
+
+    # anchors (Eq. 21-23): the M lowest-keyed candidates of each class over all processes
+    a_flat, a_cls = _positions_by_class(anchor_mask(labels, prob, cfg.delta_p, cfg.ignore_index))
+    a_gid = global_ids(a_flat)
+    keep = select_lowest_per_class(pixel_keys(seed, _SALT_ANCHORS, a_cls, a_gid), a_cls, cfg.num_anchors, C, comm)
+    a_flat, a_cls, a_gid = a_flat[keep], a_cls[keep], a_gid[keep]
     anchors = _gather_pixels(z_student, a_flat).float()  # normalised in the InfoNCE
-    anchors_per_class = _class_counts(a_cls, C)
+    anchors_per_class = comm.sum(_class_counts(a_cls, C))
 
-    # negatives (Eq. 25-28)
+    # negatives (Eq. 25-28): this step's candidates of all processes, capped per class
     n_mask = _negative_mask(labels, rank, is_labeled, unreliable, cfg)
-    negatives_per_class = n_mask.sum(dim=(0, 2, 3))
-    z_t = z_teacher.detach()
+    negatives_per_class = comm.sum(n_mask.sum(dim=(0, 2, 3)))
+    n_flat, n_cls = _positions_by_class(n_mask)
+    n_key = pixel_keys(seed, _SALT_NEGATIVES, n_cls, global_ids(n_flat))
+    cap = queues.size if cfg.use_queue else None
+    local = select_lowest_per_class(n_key, n_cls, cap, C)
+    n_feat = F.normalize(_gather_pixels(z_teacher.detach(), n_flat[local]).float(), dim=1)
+    n_feat, n_key, n_cls = _merge_keys(n_feat, n_key[local], n_cls[local], comm)
+    if comm.world_size > 1:
+        kept = select_lowest_per_class(n_key, n_cls, cap, C)
+        n_feat, n_key, n_cls = n_feat[kept], n_key[kept], n_cls[kept]
+    o1 = torch.argsort(n_key)  # arrival order: by class, then by key
+    order = o1[torch.sort(n_cls[o1], stable=True).indices]
+    n_feat, n_cls = n_feat[order], n_cls[order]
+
+    draws = uniform_draws(seed, _SALT_DRAWS, a_cls, a_gid, cfg.num_negatives)
     if cfg.use_queue:
         assert queues is not None
-        n_flat, n_cls = sample_per_class(n_mask, queues.size, generator)
-        queues.enqueue(F.normalize(_gather_pixels(z_t, n_flat).float(), dim=1), n_cls)
+        queues.enqueue(n_feat, n_cls)
         neg_available = queues.count.to(dev) > 0
-        negatives = queues.sample(a_cls, cfg.num_negatives, generator).to(dev)
+        negatives = queues.sample(a_cls, draws).to(dev)
         queue_fill = queues.count.detach().clone().to(dev)
     else:
-        n_flat, n_cls = _positions_by_class(n_mask)  # indices only; features gathered on draw
         cnt = _class_counts(n_cls, C)
         starts = torch.cumsum(cnt, 0) - cnt
         neg_available = cnt > 0
         a_cnt = cnt[a_cls].clamp_min(1)
-        u = _rand((a_cls.shape[0], cfg.num_negatives), generator, dev)
-        draw = torch.minimum((u * a_cnt.unsqueeze(1)).long(), (a_cnt - 1).unsqueeze(1))
-        pick = (starts[a_cls].unsqueeze(1) + draw).clamp_max(max(n_flat.shape[0] - 1, 0))
-        if n_flat.shape[0] > 0:
-            negatives = _gather_pixels(z_t, n_flat[pick.reshape(-1)]).reshape(-1, cfg.num_negatives, D)
+        pick = starts[a_cls].unsqueeze(1) + torch.minimum((draws * a_cnt.unsqueeze(1)).long(),
+                                                          (a_cnt - 1).unsqueeze(1))
+        if n_feat.shape[0] > 0:
+            negatives = n_feat[pick.clamp_max(n_feat.shape[0] - 1)]
         else:
-            negatives = z_t.new_zeros(a_cls.shape[0], cfg.num_negatives, D)
+            negatives = n_feat.new_zeros(a_cls.shape[0], cfg.num_negatives, D)
         queue_fill = torch.zeros(C, dtype=torch.long, device=dev)
 
     positives = prototypes.detach().to(dev).float()[a_cls]
@@ -443,7 +526,7 @@ def contrastive_loss(
     eligible = eligible_cls[a_cls]
 
     per_anchor = _info_nce_per_anchor(anchors, positives, negatives.float(), cfg.temperature)
-    n_eligible = eligible.sum()
+    n_eligible = comm.sum(eligible.sum())
     total = torch.where(eligible, per_anchor, torch.zeros_like(per_anchor)).sum()
     loss = total / n_eligible.clamp_min(1).float()
     stats = {

@@ -4,6 +4,10 @@ A method is an ``nn.Module`` holding all of its trainable and stateful parts (st
 prototypes, queues), so one ``state_dict`` checkpoints all of them. The engine calls
 ``training_step`` (returns the loss to back-propagate and scalar logs) and, after the optimiser
 step, ``after_optimizer_step``.
+
+Under ``torchrun`` the engine attaches the process group's collectives (``self.comm``) and the
+DDP-wrapped student (used by :meth:`Method.student_forward`); every loss is then this process's
+share of the global-batch mean (local sum / global count), see :mod:`u2plus.engine.distributed`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..engine.distributed import LOCAL, Comm
 from ..losses.supervised import ohem_cross_entropy, pixel_cross_entropy
 
 
@@ -37,13 +42,40 @@ class Method(nn.Module):
         self.cfg = cfg
         self.student = student
         self.ignore_index = cfg.data.ignore_index
+        self.comm: Comm = LOCAL
+        self.__dict__["_student_runner"] = None  # the DDP wrapper (kept out of state_dict)
+
+    def attach_distributed(self, comm: Comm, student_runner: nn.Module | None) -> None:
+        """Use ``comm`` for global quantities and ``student_runner`` (the DDP-wrapped student,
+        whose forward synchronises gradients) for the student's training forwards."""
+        self.comm = comm
+        self.__dict__["_student_runner"] = student_runner
+
+    def student_forward(self, x: torch.Tensor, with_rep: bool = False) -> dict[str, torch.Tensor]:
+        runner = self.__dict__["_student_runner"] or self.student
+        return runner(x, with_rep=with_rep)
+
+    def global_image_ids(self, local_batch: int, offset: int = 0) -> torch.Tensor:
+        """Indices in the global batch of this process's ``local_batch`` images (the sampler
+        gives process ``r`` the ``r``-th contiguous slice), plus ``offset``."""
+        return offset + self.comm.rank * local_batch + torch.arange(local_batch)
 
     def supervised_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """L_s (Eq. 3), OHEM when ``train.ohem``."""
+        """L_s (Eq. 3), OHEM when ``train.ohem``: mean over the valid pixels of the global batch."""
         t = self.cfg.train
         if t.ohem:
-            return ohem_cross_entropy(logits, target, t.ohem_thresh, t.ohem_min_kept, self.ignore_index)
-        return pixel_cross_entropy(logits, target, self.ignore_index)
+            return ohem_cross_entropy(logits, target, t.ohem_thresh, t.ohem_min_kept, self.ignore_index,
+                                      comm=self.comm)
+        count = self.comm.sum((target != self.ignore_index).sum()) if self.comm.world_size > 1 else None
+        return pixel_cross_entropy(logits, target, self.ignore_index, count_override=count)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.cfg.model.freeze_bn:  # BN layers keep their running statistics
+            for module in self.student.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def training_step(self, labeled: dict, unlabeled: dict | None, ctx: StepContext):
         raise NotImplementedError

@@ -9,6 +9,6 @@ class SupOnly(Method):
     semi_supervised = False
 
     def training_step(self, labeled: dict, unlabeled: dict | None, ctx: StepContext):
-        logits = self.student(labeled["image"])["logits"]
+        logits = self.student_forward(labeled["image"])["logits"]
         loss = self.supervised_loss(logits, labeled["mask"])
         return loss, {"loss_sup": loss.detach()}

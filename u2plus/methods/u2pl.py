@@ -74,11 +74,15 @@ class U2PLPlus(Method):
     def eval_model(self):
         return self.teacher if self.m.eval_teacher else self.student
 
+    def _step_seed(self, step: int) -> int:
+        """Seed of a step's draws (CutMix boxes, anchors, negatives): deterministic given
+        (seed, step), so resume replays the same draws, and the global RNG is untouched."""
+        return self.cfg.seed * 1_000_003 + step
+
     def _generator(self, step: int, device) -> torch.Generator:
-        """Per-step generator for CutMix boxes and anchor/negative sampling: deterministic
-        given (seed, step), so resume replays the same draws, and the global RNG is untouched."""
+        """CutMix generator of this process (each process mixes its own images)."""
         g = torch.Generator(device=device)
-        g.manual_seed(self.cfg.seed * 1_000_003 + step)
+        g.manual_seed(self._step_seed(step) * 131 + self.comm.rank)
         return g
 
     def training_step(self, labeled: dict, unlabeled: dict | None, ctx: StepContext):
@@ -86,22 +90,24 @@ class U2PLPlus(Method):
         x_l, y_l = labeled["image"], labeled["mask"]
         epochs_done = ctx.step / max(ctx.iters_per_epoch, 1)
         if unlabeled is None or epochs_done < m.sup_only_epochs:
-            loss = self.supervised_loss(self.student(x_l)["logits"], y_l)
+            loss = self.supervised_loss(self.student_forward(x_l)["logits"], y_l)
             return loss, {"loss_sup": loss.detach()}
         x_u, x_u_strong = unlabeled["image"], unlabeled["image_strong"]
         b_l, b_u = x_l.shape[0], x_u.shape[0]
         size = y_l.shape[-2:]
         gen = self._generator(ctx.step, x_l.device)
+        comm = self.comm
 
         # 1. teacher on labeled + weak unlabeled
         with torch.no_grad():
             t_out = self.teacher(torch.cat([x_l, x_u]), with_rep=self.needs_rep)
             t_logits = t_out["logits"].float()  # stride 4
             prob_u = upsample_logits(t_logits[b_l:], size).softmax(1)  # label resolution
-            # 2. entropy, dynamic partition, threshold (Eq. 11-13)
+            # 2. entropy, dynamic partition, threshold (Eq. 11-13); gamma_t is the quantile
+            #    over the global unlabeled batch
             entropy = pixel_entropy(prob_u)
             alpha_t = unreliable_fraction(m.alpha0, ctx.progress, m.dynamic_partition)
-            gamma = entropy_threshold(entropy, alpha_t)
+            gamma = entropy_threshold(comm.cat(entropy.reshape(-1)), alpha_t)
             reliable = reliable_mask(entropy, gamma)
             # 3. prototypical denoising (Eq. 19-20): the partition stays the one from H(p)
             label_prob = prob_u
@@ -120,16 +126,18 @@ class U2PLPlus(Method):
             t_rep_mix = apply_cutmix(box_small, perm, t_out["rep"][b_l:])[0] if self.needs_rep else None
 
         # 5. student on [labeled, mixed strong unlabeled]
-        s_out = self.student(torch.cat([x_l, x_mix]), with_rep=m.contrastive)
+        s_out = self.student_forward(torch.cat([x_l, x_mix]), with_rep=m.contrastive)
         s_logits = s_out["logits"]
-        # 6-7. supervised and unsupervised losses
+        # 6-7. supervised and unsupervised losses (means over the global batch)
         loss_sup = self.supervised_loss(s_logits[:b_l], y_l)
+        n_reliable = comm.sum((rel_mix & (y_mix != self.ignore_index)).sum())
         loss_unsup = adaptive_unsupervised_loss(upsample_logits(s_logits[b_l:], size).float(), y_mix, rel_mix,
-                                                m.eta, m.sce_xi1, m.sce_xi2, self.ignore_index)
+                                                m.eta, m.sce_xi1, m.sce_xi2, self.ignore_index,
+                                                count_override=n_reliable)
         loss = loss_sup + loss_unsup
         logs = {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(), "gamma": gamma,
                 "alpha_t": alpha_t, "reliable_fraction": reliable.float().mean(),
-                "lambda_u": m.eta * reliable.numel() / reliable.sum().clamp_min(1).float()}
+                "lambda_u": m.eta * reliable.numel() * comm.world_size / n_reliable.clamp_min(1).float()}
 
         if self.needs_rep:
             # 8. momentum prototypes from teacher features of labeled pixels and reliable
@@ -140,7 +148,7 @@ class U2PLPlus(Method):
                 feats = t_rep.permute(0, 2, 3, 1).reshape(-1, t_rep.shape[1])
                 sums, counts = class_feature_sums(feats, labels_small.reshape(-1), self.student.num_classes,
                                                   self.ignore_index)
-                self.prototypes.update(sums, counts, m.prototype_momentum)
+                self.prototypes.update(comm.sum(sums), comm.sum(counts), m.prototype_momentum)
 
         if m.contrastive:
             # 9. contrastive loss at stride 4 (labels nearest, probabilities from stride-4 logits)
@@ -151,9 +159,12 @@ class U2PLPlus(Method):
                 unrel_small = torch.cat([torch.zeros_like(rel_small), ~rel_small])
                 is_labeled = torch.arange(b_l + b_u, device=x_l.device) < b_l
                 z_t = torch.cat([t_out["rep"][:b_l], t_rep_mix])
+                image_ids = torch.cat([self.global_image_ids(b_l),
+                                       self.global_image_ids(b_u, offset=b_l * comm.world_size)])
             loss_c, stats = contrastive_loss(
                 s_out["rep"], z_t, prob_small, labels_small, is_labeled, unrel_small,
-                self.prototypes.prototypes, self.prototypes.initialized, self.queues, self.contrastive_cfg, gen)
+                self.prototypes.prototypes, self.prototypes.initialized, self.queues, self.contrastive_cfg,
+                seed=self._step_seed(ctx.step), image_ids=image_ids, comm=comm)
             loss = loss + m.lambda_c * loss_c
             logs.update({"loss_contrastive": loss_c.detach(), "anchor_classes": stats["num_anchor_classes"],
                          "anchors": stats["num_anchors"]})
