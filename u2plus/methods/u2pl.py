@@ -26,10 +26,21 @@ import torch.nn.functional as F
 
 from ..engine.ema import ema_momentum, ema_update
 from ..errors import ConfigError
-from ..losses.contrastive import ClassQueues, ContrastiveConfig, contrastive_loss, unlabeled_negative_mask, class_rank
+from ..losses.contrastive import (
+    ClassQueues,
+    ContrastiveConfig,
+    class_rank,
+    contrastive_loss,
+    unlabeled_negative_mask,
+)
 from ..losses.denoise import denoise_probabilities, prototype_weights
 from ..losses.entropy import pixel_entropy
-from ..losses.partition import entropy_threshold, pseudo_labels, reliable_mask, unreliable_fraction
+from ..losses.partition import (
+    entropy_threshold,
+    pseudo_labels,
+    reliable_mask,
+    unreliable_fraction,
+)
 from ..losses.prototypes import PrototypeMemory, class_feature_sums
 from ..losses.sce import adaptive_unsupervised_loss
 from ..losses.supervised import upsample_logits
