@@ -25,12 +25,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--out", default="runs/bench/rss_flat")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     args = ap.parse_args()
     cmd = [sys.executable, "-m", "u2plus", "train", "configs/demo/u2pl_plus.yaml", f"out_dir={args.out}",
            f"train.max_iters={args.steps}", "train.log_every=20", f"train.checkpoint_every={args.steps // 4}",
            "data.batch_size=2", "data.unlabeled_batch_size=2", "data.crop_size=[64,96]", "data.num_workers=1",
-           "train.num_threads=2", "method.sup_only_epochs=0"]
+           f"train.num_threads={args.threads}", "method.sup_only_epochs=0"]
     t0 = time.time()
     subprocess.run(cmd, cwd=REPO, check=True)
     minutes = (time.time() - t0) / 60

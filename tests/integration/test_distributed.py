@@ -100,3 +100,16 @@ def test_global_batch_must_divide_by_process_count(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "data.batch_size=3 is the global batch; it must be divisible by the 2 processes" in proc.stderr
+
+
+def test_two_process_checkpoint_resumes_in_one_process(one_and_two_processes, tmp_path):
+    """A checkpoint written by 2 processes continues in 1 (same global batch, same data stream)."""
+    _, two, _ = one_and_two_processes
+    out = tmp_path / "resumed"
+    proc = run([sys.executable, "-m", "u2plus", "train", CONFIG, *overrides(out), f"resume={two / 'last.pt'}",
+                f"train.max_iters={STEPS + 1}"])
+    assert f"resumed from {two / 'last.pt'} at step {STEPS}" in proc.stdout
+    state = load_checkpoint(out / "last.pt")
+    assert state["step"] == STEPS + 1 and state["world_size"] == 1
+    before = load_checkpoint(two / "last.pt")["method"]
+    assert not torch.equal(state["method"]["queues.keys"], before["queues.keys"])  # it trained on

@@ -254,7 +254,8 @@ class ClassQueues(nn.Module):
         classes = classes.to(dev).long()
         cnt = self.count[classes].clamp_min(1)
         idx = torch.minimum((uniforms.to(dev) * cnt.unsqueeze(1)).long(), (cnt - 1).unsqueeze(1))
-        return self.keys[classes.unsqueeze(1), idx]
+        rows = (classes.unsqueeze(1) * self.size + idx).reshape(-1)  # index_select: one fast gather
+        return self.keys.view(-1, self.dim).index_select(0, rows).view(idx.shape[0], idx.shape[1], self.dim)
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -290,12 +291,14 @@ def _gather_pixels(z: Tensor, flat: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- InfoNCE
 
 
-def _info_nce_per_anchor(anchors: Tensor, positives: Tensor, negatives: Tensor, temperature: float) -> Tensor:
+def _info_nce_per_anchor(anchors: Tensor, positives: Tensor, negatives: Tensor, temperature: float,
+                         negatives_normalized: bool = False) -> Tensor:
     a = F.normalize(anchors.float(), dim=-1)
     pos = F.normalize(positives.float(), dim=-1)
-    neg = F.normalize(negatives.float(), dim=-1)
+    # memory-bank keys are stored L2-normalised: skip a pass over the largest tensor [A, N, D]
+    neg = negatives.float() if negatives_normalized else F.normalize(negatives.float(), dim=-1)
     s_pos = (a * pos).sum(-1, keepdim=True) / temperature  # [A, 1]
-    s_neg = torch.bmm(neg, a.unsqueeze(2)).squeeze(2) / temperature  # [A, N]
+    s_neg = torch.matmul(neg, a.unsqueeze(2)).squeeze(2) / temperature  # [A, N]
     logits = torch.cat([s_pos, s_neg], dim=1)
     return torch.logsumexp(logits, dim=1) - s_pos.squeeze(1)
 
@@ -516,7 +519,8 @@ def contrastive_loss(
         pick = starts[a_cls].unsqueeze(1) + torch.minimum((draws * a_cnt.unsqueeze(1)).long(),
                                                           (a_cnt - 1).unsqueeze(1))
         if n_feat.shape[0] > 0:
-            negatives = n_feat[pick.clamp_max(n_feat.shape[0] - 1)]
+            rows = pick.clamp_max(n_feat.shape[0] - 1)
+            negatives = n_feat.index_select(0, rows.reshape(-1)).view(rows.shape[0], rows.shape[1], D)
         else:
             negatives = n_feat.new_zeros(a_cls.shape[0], cfg.num_negatives, D)
         queue_fill = torch.zeros(C, dtype=torch.long, device=dev)
@@ -525,7 +529,7 @@ def contrastive_loss(
     eligible_cls = (anchors_per_class > 0) & proto_valid.to(dev).bool() & neg_available
     eligible = eligible_cls[a_cls]
 
-    per_anchor = _info_nce_per_anchor(anchors, positives, negatives.float(), cfg.temperature)
+    per_anchor = _info_nce_per_anchor(anchors, positives, negatives, cfg.temperature, negatives_normalized=True)
     n_eligible = comm.sum(eligible.sum())
     total = torch.where(eligible, per_anchor, torch.zeros_like(per_anchor)).sum()
     loss = total / n_eligible.clamp_min(1).float()
