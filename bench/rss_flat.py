@@ -47,13 +47,19 @@ def main() -> None:
     later = [v for s, v in rss.items() if s >= args.steps // 4]
     lines = ["| step | RSS (MiB) | road queue fill |", "|---|---|---|"]
     lines += [f"| {s} | {rss[s]:.0f} | {fill.get(s, float('nan')):.0f} |" for s in points]
-    growth = max(later) - min(later)
-    summary = (f"RSS from step {args.steps // 4} to {args.steps}: min {min(later):.0f} MiB, max {max(later):.0f} MiB "
-               f"(spread {growth:.0f} MiB); wall {minutes:.1f} min")
+    steps_later = [s for s in rss if s >= args.steps // 4]
+    n = len(steps_later)
+    mean_s, mean_v = sum(steps_later) / n, sum(later) / n
+    slope = sum((s - mean_s) * (v - mean_v) for s, v in zip(steps_later, later)) / \
+        max(sum((s - mean_s) ** 2 for s in steps_later), 1e-9)
+    summary = (f"RSS from step {args.steps // 4} to {args.steps} (bank full): min {min(later):.0f} MiB, "
+               f"mean {mean_v:.0f} MiB, max {max(later):.0f} MiB, least-squares trend "
+               f"{slope * 1000:+.0f} MiB per 1000 steps; wall {minutes:.1f} min")
     print("\n".join(lines))
     print(summary)
     if not args.no_record:
-        block = [f"\n### {time.strftime('%Y-%m-%d %H:%M')} — `python bench/rss_flat.py --steps {args.steps}`",
+        block = [f"\n### {time.strftime('%Y-%m-%d %H:%M')} — memory over a long run: "
+                 f"`python bench/rss_flat.py --steps {args.steps}`",
                  f"Machine: {platform.processor() or platform.machine()}, {platform.system()}; command: "
                  f"`{' '.join(cmd[1:])}`", "", *lines, "", summary, ""]
         with open(REPO / "bench" / "RESULTS.md", "a") as f:
