@@ -91,6 +91,9 @@ def test_unlabeled_masks_only_feed_diagnostics():
         assert torch.equal(loss_a, loss_b)
     assert "diag/pseudo_label_precision" in logs_b and "diag/false_negative_rate" in logs_b
     assert 0.0 <= float(logs_b["diag/false_negative_rate"]) <= 1.0
+    # a pixel has at most one true class among its negatives: per-pixel rate >= per-pair rate
+    per_pixel = float(logs_b["diag/unreliable_pixels_true_class_negative"])
+    assert float(logs_b["diag/false_negative_rate"]) <= per_pixel <= 1.0
 
 
 def test_teacher_stays_in_eval_mode_and_follows_student():

@@ -191,7 +191,8 @@ class U2PLPlus(Method):
     def _premise_diagnostics(self, unlabeled, perm, box, y_mix, rel_mix, prob_small_u, unrel_small_u) -> dict:
         """Where unlabeled images do have masks (never used for training): pseudo-label precision
         on reliable pixels, and how often an unreliable pixel's true class is among the classes
-        it was made a negative for (the paper's premise says: rarely)."""
+        it was made a negative for (the paper's premise says: rarely), per (pixel, class) pair
+        (``false_negative_rate``) and per pixel (``unreliable_pixels_true_class_negative``)."""
         gt = apply_cutmix(box, perm, unlabeled["mask"])[0]
         valid = rel_mix & (gt != self.ignore_index)
         precision = (y_mix[valid] == gt[valid]).float().mean() if bool(valid.any()) else torch.tensor(float("nan"))
@@ -203,8 +204,11 @@ class U2PLPlus(Method):
         hits = neg.gather(1, gt_small.clamp_max(prob_small_u.shape[1] - 1).unsqueeze(1))[:, 0] & known
         pairs = neg.sum()
         false_negative_rate = hits.sum().float() / pairs.clamp_min(1).float()
+        # per pixel: of the unreliable pixels used as negatives, how many had their true class pushed away
+        used = neg.any(1) & known
+        pixels_hit = hits.sum().float() / used.sum().clamp_min(1).float()
         return {"diag/pseudo_label_precision": precision, "diag/false_negative_rate": false_negative_rate,
-                "diag/negative_pairs": pairs.float()}
+                "diag/unreliable_pixels_true_class_negative": pixels_hit, "diag/negative_pairs": pairs.float()}
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         ema_update(self.teacher, self.student, ema_momentum(ctx.step, self.m.ema_momentum))
