@@ -52,9 +52,9 @@ def hash31(x: Tensor) -> Tensor:
 
 def _seed31(seed: int, salt: int) -> int:
     """:func:`hash31` of a Python int (any size), mixed with a salt."""
-    x = (seed ^ salt) & _M31
-    for high in (seed >> 31, 0, 0):
-        x = ((((x >> 16) ^ x) * 0x45D9F3B) & _M31) ^ (high & _M31)
+    x = ((seed ^ salt) ^ (seed >> 31)) & _M31  # fold the high bits of a large seed in
+    for _ in range(3):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & _M31
     return x
 
 

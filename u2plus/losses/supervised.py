@@ -43,14 +43,13 @@ def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, thresh: float
     with torch.no_grad():
         prob_true = torch.exp(-pixel_loss)  # softmax probability of the true class
         prob_true = torch.where(valid, prob_true, torch.ones_like(prob_true))
-        all_prob = comm.cat(prob_true)
         num_valid = int(comm.sum(valid.sum()))
+        if num_valid:
+            k = min(num_valid, max(min_kept, 1))
+            kth = torch.kthvalue(comm.cat(prob_true), k).values
+            threshold = torch.maximum(kth, torch.tensor(thresh, device=kth.device))
+            keep = valid & (prob_true <= threshold)
+            kept = comm.sum(keep.sum())
     if num_valid == 0:
         return logits.sum() * 0.0
-    with torch.no_grad():
-        k = min(num_valid, max(min_kept, 1))
-        kth = torch.kthvalue(all_prob, k).values
-        threshold = torch.maximum(kth, torch.tensor(thresh, device=kth.device))
-        keep = valid & (prob_true <= threshold)
-        kept = comm.sum(keep.sum())
     return torch.where(keep, pixel_loss, torch.zeros_like(pixel_loss)).sum() / kept.clamp_min(1).float()
