@@ -63,15 +63,31 @@ def run_one(config: str, seed: int, extra: list[str], tag: str) -> dict:
             "command": shlex.join(display)}
 
 
-def append_rows(rows: list[dict], note: str) -> None:
+SECTIONS = {"suponly": "## CamVid SupOnly", "semi": "## CamVid semi-supervised"}
+
+
+def add_to_section(block: str, heading: str) -> None:
+    """Insert ``block`` at the end of the RESULTS.md section whose heading starts with
+    ``heading`` (before the next ``## `` heading); append it when there is no such section."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    start = text.find("\n" + heading)
+    if start < 0:
+        text = text.rstrip("\n") + "\n" + block
+    else:
+        end = text.find("\n## ", start + 1)
+        end = len(text) if end < 0 else end
+        text = text[:end].rstrip("\n") + "\n" + block + text[end:]
+    RESULTS.write_text(text)
+
+
+def append_rows(rows: list[dict], note: str, section: str) -> None:
     header = ("| config | seed | labeled | steps | val mIoU | wall (min) | s/step | command |\n"
               "|---|---|---|---|---|---|---|---|\n")
     lines = [f"\n### {time.strftime('%Y-%m-%d %H:%M')} — {note}\n", f"Machine: {machine()}\n\n", header]
     for r in rows:
         lines.append(f"| {r['config']} | {r['seed']} | {r['labeled']} | {r['steps']} | {r['mIoU']:.2f} | "
                      f"{r['wall_min']:.1f} | {r['sec_per_step']:.2f} | `{r['command']}` |\n")
-    with open(RESULTS, "a") as f:
-        f.writelines(lines)
+    add_to_section("".join(lines), SECTIONS[section])
 
 
 def main() -> None:
@@ -82,6 +98,8 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--tag", default="", help="suffix of the run folders")
     p.add_argument("--note", default="CamVid val", help="heading of the appended results block")
+    p.add_argument("--section", choices=("auto", *SECTIONS), default="auto",
+                   help="RESULTS.md section of the block (auto: suponly when every config is SupOnly)")
     args = p.parse_args()
     jobs = [(c, s) for c in args.configs for s in args.seeds]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
@@ -91,7 +109,10 @@ def main() -> None:
             row = fut.result()
             rows.append(row)
             print(json.dumps(row), flush=True)
-    append_rows(rows, args.note)
+    section = args.section
+    if section == "auto":
+        section = "suponly" if all(Path(c).stem.startswith("suponly") for c in args.configs) else "semi"
+    append_rows(rows, args.note, section)
 
 
 if __name__ == "__main__":
