@@ -72,6 +72,7 @@ def build_model(kind: str, overrides: list[str]):
 
 @torch.no_grad()
 def miou(forward, pairs) -> tuple[float, list[float]]:
+    """Deliberately independent of ``u2plus.engine.evaluate``: this script cross-checks u2plus."""
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
     for x, y in pairs:
         pred = F.interpolate(forward(x[None]), size=y.shape, mode="bilinear", align_corners=False).argmax(1)[0]
@@ -93,6 +94,8 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="key=value", help="u2plus config overrides (--model ours)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
+    if args.set and args.model != "ours":
+        ap.error("--set applies to --model ours only")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
