@@ -123,6 +123,10 @@ class MethodConfig:
     ema_momentum: float = 0.99  # max EMA momentum of the teacher (0.999 for DA)
     eval_teacher: bool = True  # evaluate / export the EMA teacher (else the student)
     sup_only_epochs: float = 0.0  # first epochs train with L_s alone
+    # true: during those epochs the teacher is a copy of the student and the EMA warm-up of
+    # m_t (METHOD step 11) counts from the first semi-supervised step, as in the reference
+    # code; false: m_t counts from step 0 (identical when sup_only_epochs = 0)
+    ema_from_semi_start: bool = False
     # pseudo-labels (Eq. 11-14)
     alpha0: float = 0.2
     dynamic_partition: bool = True  # DPA: alpha_t = alpha0 * (1 - t/T)

@@ -17,6 +17,15 @@ def test_ema_momentum_schedule():
     assert ema_momentum(10_000, 0.999) == pytest.approx(0.999)
 
 
+def test_ema_momentum_counts_from_start():
+    # before and at ``start`` the teacher copies the student; then 1 - 1/(t+1) with t = step - start
+    assert ema_momentum(3, 0.99, start=81) == 0.0
+    assert ema_momentum(81, 0.99, start=81) == 0.0
+    assert ema_momentum(82, 0.99, start=81) == pytest.approx(0.5)
+    assert ema_momentum(90, 0.99, start=81) == pytest.approx(0.9)
+    assert ema_momentum(81 + 99, 0.99, start=81) == pytest.approx(0.99)
+
+
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()

@@ -34,11 +34,11 @@ def batches(seed: int = 0, with_unlabeled_masks: bool = False):
     return labeled, unlabeled
 
 
-def run_steps(method, steps: int = 2, with_unlabeled_masks: bool = False):
+def run_steps(method, steps: int = 2, with_unlabeled_masks: bool = False, first_step: int = 0):
     opt = torch.optim.SGD(method.student.parameters(), lr=0.01)
     method.train()
     out = []
-    for step in range(steps):
+    for step in range(first_step, first_step + steps):
         labeled, unlabeled = batches(step, with_unlabeled_masks)
         ctx = StepContext(step, max_iters=10, iters_per_epoch=5)
         loss, logs = method.training_step(labeled, unlabeled if method.semi_supervised else None, ctx)
@@ -115,6 +115,22 @@ def test_sup_only_warmup_skips_unlabeled_losses():
     method = make_method("u2pl_plus", "method.sup_only_epochs=1")
     (_, logs), = run_steps(method, steps=1)
     assert set(logs) == {"loss_sup"}
+
+
+def test_ema_from_semi_start_copies_student_through_warmup():
+    # iters_per_epoch 5, 0.4 epochs of L_s alone: steps 0-1 warm-up, step 2 the first
+    # semi-supervised step (m = 0 there too), step 3 m = 0.5
+    method = make_method("u2pl_plus", "method.sup_only_epochs=0.4", "method.ema_from_semi_start=true")
+    out = run_steps(method, steps=3)
+    assert [set(logs) == {"loss_sup"} for _, logs in out] == [True, True, False]
+    for t, s in zip(method.teacher.parameters(), method.student.parameters()):
+        assert torch.equal(t, s)
+    run_steps(method, steps=1, first_step=3)
+    assert any(not torch.equal(t, s) for t, s in zip(method.teacher.parameters(), method.student.parameters()))
+    counting_from_zero = make_method("u2pl_plus", "method.sup_only_epochs=0.4")
+    run_steps(counting_from_zero, steps=2)  # step 1: m = 0.5, the teacher lags the student
+    assert any(not torch.equal(t, s) for t, s in zip(counting_from_zero.teacher.parameters(),
+                                                      counting_from_zero.student.parameters()))
 
 
 @pytest.mark.parametrize("name", ["suponly", "u2pl_plus"])

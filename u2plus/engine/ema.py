@@ -8,10 +8,14 @@ from torch import nn
 __all__ = ["ema_momentum", "ema_update"]
 
 
-def ema_momentum(step: int, max_momentum: float) -> float:
-    """``m_t = min(1 - 1 / (step + 1), max_momentum)`` (METHOD step 11; 0 at step 0, so the
-    first update copies the student)."""
-    return min(1.0 - 1.0 / (step + 1), max_momentum)
+def ema_momentum(step: int, max_momentum: float, start: int = 0) -> float:
+    """``m_t = min(1 - 1 / (step - start + 1), max_momentum)`` (METHOD step 11; 0 at ``start``,
+    so that update copies the student). Before ``start`` it is 0 too: the teacher follows the
+    student exactly (the reference code's copy at the end of the supervised-only warm-up)."""
+    t = step - start
+    if t < 0:
+        return 0.0
+    return min(1.0 - 1.0 / (t + 1), max_momentum)
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -96,11 +97,14 @@ class U2PLPlus(Method):
         g.manual_seed(self._step_seed(step) * 131 + self.comm.rank)
         return g
 
+    def first_semi_step(self, ctx: StepContext) -> int:
+        """First step with the unlabeled losses (after ``sup_only_epochs`` of L_s alone)."""
+        return math.ceil(self.m.sup_only_epochs * max(ctx.iters_per_epoch, 1) - 1e-9)
+
     def training_step(self, labeled: dict, unlabeled: dict | None, ctx: StepContext):
         m = self.m
         x_l, y_l = labeled["image"], labeled["mask"]
-        epochs_done = ctx.step / max(ctx.iters_per_epoch, 1)
-        if unlabeled is None or epochs_done < m.sup_only_epochs:
+        if unlabeled is None or ctx.step < self.first_semi_step(ctx):
             loss = self.supervised_loss(self.student_forward(x_l)["logits"], y_l)
             return loss, {"loss_sup": loss.detach()}
         x_u, x_u_strong = unlabeled["image"], unlabeled["image_strong"]
@@ -211,4 +215,5 @@ class U2PLPlus(Method):
                 "diag/unreliable_pixels_true_class_negative": pixels_hit, "diag/negative_pairs": pairs.float()}
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
-        ema_update(self.teacher, self.student, ema_momentum(ctx.step, self.m.ema_momentum))
+        start = self.first_semi_step(ctx) if self.m.ema_from_semi_start else 0
+        ema_update(self.teacher, self.student, ema_momentum(ctx.step, self.m.ema_momentum, start))
