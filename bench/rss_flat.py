@@ -12,6 +12,7 @@ images per step) so that 2,000 steps fit a short session; the memory bank is the
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
@@ -19,6 +20,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def malloc_env() -> str:
+    """The glibc ``MALLOC_*`` variables the run inherits (the Makefile sets three; RSS depends on them)."""
+    found = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    return ", ".join(f"{k}={v}" for k, v in sorted(found.items())) or "none (glibc defaults)"
 
 
 def main() -> None:
@@ -61,7 +68,7 @@ def main() -> None:
         block = [f"\n### {time.strftime('%Y-%m-%d %H:%M')} — memory over a long run: "
                  f"`python bench/rss_flat.py --steps {args.steps}`",
                  f"Machine: {platform.processor() or platform.machine()}, {platform.system()}; command: "
-                 f"`{' '.join(cmd[1:])}`", "", *lines, "", summary, ""]
+                 f"`{' '.join(cmd[1:])}`; allocator settings: {malloc_env()}", "", *lines, "", summary, ""]
         with open(REPO / "bench" / "RESULTS.md", "a") as f:
             f.write("\n".join(block))
 
