@@ -117,6 +117,33 @@ def test_sup_only_warmup_skips_unlabeled_losses():
     assert set(logs) == {"loss_sup"}
 
 
+def test_crop_padding_of_unlabeled_images_is_never_pseudo_labelled(monkeypatch):
+    # METHOD: padding is never a class. ``valid`` False on the left half (padding): no
+    # pseudo-label and no reliable pixel there; reliable fraction and lambda_u over valid pixels
+    import u2plus.methods.u2pl as u2pl_module
+
+    seen = {}
+    real = u2pl_module.adaptive_unsupervised_loss
+
+    def spy(logits, pseudo_label, reliable, *args, **kwargs):
+        seen["label"], seen["reliable"] = pseudo_label, reliable
+        return real(logits, pseudo_label, reliable, *args, **kwargs)
+
+    monkeypatch.setattr(u2pl_module, "adaptive_unsupervised_loss", spy)
+    method = make_method("u2pl_plus", "method.cutmix_prob=0.0")
+    method.train()
+    labeled, unlabeled = batches(0)
+    valid = torch.ones(2, 32, 32, dtype=torch.bool)
+    valid[:, :, :16] = False
+    unlabeled["valid"] = valid
+    _, logs = method.training_step(labeled, unlabeled, StepContext(0, 10, 5))
+    assert not bool(seen["reliable"][~valid].any())
+    assert bool((seen["label"][~valid] == 255).all())
+    assert float(logs["reliable_fraction"]) == pytest.approx(0.8, abs=0.01)  # of the valid half
+    n_rel = int(seen["reliable"].sum())
+    assert float(logs["lambda_u"]) == pytest.approx(int(valid.sum()) / n_rel)
+
+
 def test_ema_from_semi_start_copies_student_through_warmup():
     # iters_per_epoch 5, 0.4 epochs of L_s alone: steps 0-1 warm-up, step 2 the first
     # semi-supervised step (m = 0 there too), step 3 m = 0.5

@@ -115,6 +115,24 @@ def test_crop_larger_than_image_pads_mask_with_ignore_and_image_with_normalised_
                                   atol=1e-4)
 
 
+def test_unlabeled_valid_marks_exactly_the_crop_padding():
+    # an unlabeled image (no mask) with a void-like mask present or not: ``valid`` is False on
+    # padding only, so void pixels of a diagnostics mask stay valid image content
+    t = TrainTransform(data_cfg(crop_size=[32, 40], scale_range=[1.0, 1.0]), MEAN, STD, strong=True)
+    img = torch.full((3, H, W), 200, dtype=torch.uint8)
+    void = torch.full((H, W), 255, dtype=torch.int64)
+    for with_mask in (False, True):
+        torch.manual_seed(0)
+        out = t(sample(img, void if with_mask else None))
+        valid = out["valid"]
+        assert valid.dtype == torch.bool and valid.shape == (32, 40)
+        assert int(valid.sum()) == H * W  # the whole image lies inside the larger crop
+        content = out["image"][0] > 0  # padding is normalised 0 = -2.0, the image +1.14
+        assert torch.equal(valid, content)
+    labeled = TrainTransform(data_cfg(crop_size=[32, 40]), MEAN, STD)(sample(img, void))
+    assert "valid" not in labeled
+
+
 def test_custom_ignore_index_used_for_padding():
     t = TrainTransform(data_cfg(crop_size=[24, 32], ignore_index=250), ZERO_MEAN, UNIT_STD)
     torch.manual_seed(0)

@@ -72,7 +72,8 @@ class Normalize:
 class TrainTransform:
     """Weak augmentation (+ a strong view for unlabeled images), then normalisation.
 
-    Output: ``image`` (weak view), optionally ``image_strong``, ``mask`` (int64, ignore-padded).
+    Output: ``image`` (weak view), optionally ``image_strong`` and ``valid`` (bool, False on crop
+    padding; unlabeled images), ``mask`` (int64, ignore-padded).
     """
 
     def __init__(self, data_cfg, mean, std, strong: bool = False):
@@ -81,13 +82,19 @@ class TrainTransform:
         self.strong = (strong_augmentation(data_cfg.color_jitter, data_cfg.color_jitter_p,
                                            data_cfg.grayscale_p, data_cfg.blur_p) if strong else None)
         self.normalize = Normalize(mean, std)
+        self.ignore_index = data_cfg.ignore_index
 
     def __call__(self, sample: dict) -> dict:
-        keys = [k for k in ("image", "mask") if k in sample]
-        out = self.weak({k: sample[k] for k in keys})
+        inputs = {k: sample[k] for k in ("image", "mask") if k in sample}
+        if self.strong is not None:
+            # unlabeled: track crop padding (filled with ignore) so that padded pixels never
+            # get a pseudo-label or enter the entropy quantile (METHOD: padding is never a class)
+            inputs["valid"] = tv_tensors.Mask(torch.zeros(sample["image"].shape[-2:], dtype=torch.uint8))
+        out = self.weak(inputs)
         result = {"id": sample["id"], "index": sample["index"], "image": self.normalize(out["image"])}
         if self.strong is not None:
             result["image_strong"] = self.normalize(self.strong(out["image"]))
+            result["valid"] = out["valid"].as_subclass(torch.Tensor) != self.ignore_index
         if "mask" in out:
             result["mask"] = out["mask"].as_subclass(torch.Tensor).long()
         return result

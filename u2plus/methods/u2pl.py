@@ -121,9 +121,14 @@ class U2PLPlus(Method):
             # 2. entropy, dynamic partition, threshold (Eq. 11-13); gamma_t is the quantile
             #    over the global unlabeled batch
             entropy = pixel_entropy(prob_u)
+            # crop padding of the unlabeled images is neither reliable nor unreliable
+            valid_u = unlabeled.get("valid")
+            valid_u = (torch.ones_like(entropy, dtype=torch.bool) if valid_u is None
+                       else valid_u.to(device=entropy.device, dtype=torch.bool))
             alpha_t = unreliable_fraction(m.alpha0, ctx.progress, m.dynamic_partition)
-            gamma = entropy_threshold(comm.cat(entropy.reshape(-1)), alpha_t)
-            reliable = reliable_mask(entropy, gamma)
+            gamma = entropy_threshold(comm.cat(entropy.reshape(-1)), alpha_t,
+                                      valid=comm.cat(valid_u.reshape(-1).to(torch.uint8)).bool())
+            reliable = reliable_mask(entropy, gamma) & valid_u
             # 3. prototypical denoising (Eq. 19-20): the partition stays the one from H(p)
             label_prob = prob_u
             if m.prototype_denoising and bool(self.prototypes.initialized.any()):
@@ -134,7 +139,7 @@ class U2PLPlus(Method):
             # 4. CutMix of the strong view and of everything derived from the teacher
             box = cutmix_masks(b_u, size[0], size[1], m.cutmix_prob, tuple(m.cutmix_area), gen, x_u.device)
             perm = shuffled_partner(b_u, gen)
-            x_mix, y_mix, rel_mix = apply_cutmix(box, perm, x_u_strong, y_hat, reliable)
+            x_mix, y_mix, rel_mix, valid_mix = apply_cutmix(box, perm, x_u_strong, y_hat, reliable, valid_u)
             feat_size = t_logits.shape[-2:]
             box_small = resize_nearest(box, feat_size)
             t_logits_u_mix = apply_cutmix(box_small, perm, t_logits[b_l:])[0]
@@ -151,8 +156,8 @@ class U2PLPlus(Method):
                                                 count_override=n_reliable)
         loss = loss_sup + loss_unsup
         logs = {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(), "gamma": gamma,
-                "alpha_t": alpha_t, "reliable_fraction": reliable.float().mean(),
-                "lambda_u": m.eta * reliable.numel() * comm.world_size / n_reliable.clamp_min(1).float()}
+                "alpha_t": alpha_t, "reliable_fraction": reliable.sum() / valid_u.sum().clamp_min(1),
+                "lambda_u": m.eta * comm.sum(valid_u.sum()).float() / n_reliable.clamp_min(1).float()}
 
         if self.needs_rep:
             # 8. momentum prototypes from teacher features of labeled pixels and reliable
@@ -171,7 +176,7 @@ class U2PLPlus(Method):
                 prob_small = torch.cat([t_logits[:b_l], t_logits_u_mix]).softmax(1)
                 labels_small = torch.cat([resize_nearest(y_l, feat_size), resize_nearest(y_mix, feat_size)])
                 rel_small = resize_nearest(rel_mix, feat_size)
-                unrel_small = torch.cat([torch.zeros_like(rel_small), ~rel_small])
+                unrel_small = torch.cat([torch.zeros_like(rel_small), ~rel_small & resize_nearest(valid_mix, feat_size)])
                 is_labeled = torch.arange(b_l + b_u, device=x_l.device) < b_l
                 z_t = torch.cat([t_out["rep"][:b_l], t_rep_mix])
                 image_ids = torch.cat([self.global_image_ids(b_l),
