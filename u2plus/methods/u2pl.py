@@ -150,14 +150,16 @@ class U2PLPlus(Method):
         s_logits = s_out["logits"]
         # 6-7. supervised and unsupervised losses (means over the global batch)
         loss_sup = self.supervised_loss(s_logits[:b_l], y_l)
-        n_reliable = comm.sum((rel_mix & (y_mix != self.ignore_index)).sum())
+        # global counts of reliable and of valid (non-padding) unlabeled pixels, one collective
+        n_reliable, n_valid = comm.sum(torch.stack([(rel_mix & (y_mix != self.ignore_index)).sum(),
+                                                    valid_u.sum()])).unbind()
         loss_unsup = adaptive_unsupervised_loss(upsample_logits(s_logits[b_l:], size).float(), y_mix, rel_mix,
                                                 m.eta, m.sce_xi1, m.sce_xi2, self.ignore_index,
                                                 count_override=n_reliable)
         loss = loss_sup + loss_unsup
         logs = {"loss_sup": loss_sup.detach(), "loss_unsup": loss_unsup.detach(), "gamma": gamma,
                 "alpha_t": alpha_t, "reliable_fraction": reliable.sum() / valid_u.sum().clamp_min(1),
-                "lambda_u": m.eta * comm.sum(valid_u.sum()).float() / n_reliable.clamp_min(1).float()}
+                "lambda_u": m.eta * n_valid.float() / n_reliable.clamp_min(1).float()}
 
         if self.needs_rep:
             # 8. momentum prototypes from teacher features of labeled pixels and reliable
@@ -176,7 +178,8 @@ class U2PLPlus(Method):
                 prob_small = torch.cat([t_logits[:b_l], t_logits_u_mix]).softmax(1)
                 labels_small = torch.cat([resize_nearest(y_l, feat_size), resize_nearest(y_mix, feat_size)])
                 rel_small = resize_nearest(rel_mix, feat_size)
-                unrel_small = torch.cat([torch.zeros_like(rel_small), ~rel_small & resize_nearest(valid_mix, feat_size)])
+                unrel_small = ~rel_small & resize_nearest(valid_mix, feat_size)
+                unrel_small = torch.cat([torch.zeros_like(rel_small), unrel_small])
                 is_labeled = torch.arange(b_l + b_u, device=x_l.device) < b_l
                 z_t = torch.cat([t_out["rep"][:b_l], t_rep_mix])
                 image_ids = torch.cat([self.global_image_ids(b_l),
