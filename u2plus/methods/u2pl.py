@@ -150,9 +150,9 @@ class U2PLPlus(Method):
         s_logits = s_out["logits"]
         # 6-7. supervised and unsupervised losses (means over the global batch)
         loss_sup = self.supervised_loss(s_logits[:b_l], y_l)
-        # global counts of reliable and of valid (non-padding) unlabeled pixels, one collective
+        # global counts of reliable and of valid (non-padding) mixed unlabeled pixels, one collective
         n_reliable, n_valid = comm.sum(torch.stack([(rel_mix & (y_mix != self.ignore_index)).sum(),
-                                                    valid_u.sum()])).unbind()
+                                                    valid_mix.sum()])).unbind()
         loss_unsup = adaptive_unsupervised_loss(upsample_logits(s_logits[b_l:], size).float(), y_mix, rel_mix,
                                                 m.eta, m.sce_xi1, m.sce_xi2, self.ignore_index,
                                                 count_override=n_reliable)
