@@ -342,7 +342,7 @@ def evaluate(
                     model_fn, images, num_classes, mode=run_mode, crop_size=crop_size,
                     stride=stride, scales=scales, flip=flip, window_batch=window_batch,
                 )
-                conf += confusion_matrix(logits.argmax(1), masks, num_classes, ignore_index)
+                conf += confusion_matrix(logits.max(1).indices, masks, num_classes, ignore_index)
                 num_images += images.shape[0]
     finally:
         if was_training:

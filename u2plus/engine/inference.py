@@ -99,7 +99,7 @@ def predict_paths(checkpoint: str, inputs: list[str], out_dir: str, mode: str | 
                                 stride=tuple(cfg.eval.stride) if cfg.eval.stride else None,
                                 scales=tuple(cfg.eval.scales), flip=cfg.eval.flip and mode == "multiscale")
         logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
-        labels = logits.argmax(1)[0].cpu().numpy().astype("uint8")
+        labels = logits.max(1).indices[0].cpu().numpy().astype("uint8")
         rgb = image.permute(1, 2, 0).numpy()
         stem = path.stem
         save_png(colorize(labels, palette), out / f"{stem}_mask.png")

@@ -235,7 +235,7 @@ class ClassQueues(nn.Module):
         dev = self.keys.device
         keys = keys.detach().to(device=dev, dtype=self.keys.dtype)
         cls, slot, src, n_new = _ring_write_plan(classes.to(dev).long(), self.ptr, self.size)
-        self.keys[cls, slot] = keys[src]
+        self.keys[cls, slot] = keys.index_select(0, src)
         self.ptr.copy_((self.ptr + n_new) % self.size)
         self.count.copy_(torch.clamp(self.count + n_new, max=self.size))
 
@@ -283,9 +283,9 @@ def _class_counts(classes: Tensor, C: int) -> Tensor:
 
 def _gather_pixels(z: Tensor, flat: Tensor) -> Tensor:
     """Rows ``[K, D]`` of the feature map ``z [B, D, H, W]`` at flat pixel indices."""
-    B, D, H, W = z.shape
-    hw = H * W
-    return z.reshape(B, D, hw)[flat // hw, :, flat % hw]
+    # channels-last rows + one index_select: contiguous [K, D] rows (cheap to normalise), ~3x
+    # faster on CPU than advanced indexing of [B, D, H*W] for the ~10^4 negative candidates
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).index_select(0, flat)
 
 
 # --------------------------------------------------------------------------- InfoNCE
@@ -393,6 +393,12 @@ def _negative_mask(
     return torch.where(lab_img, neg_l, neg_u)
 
 
+def _arrival_order(keys: Tensor, classes: Tensor) -> Tensor:
+    """Permutation putting ``(key, class)`` rows in queue arrival order: by class, then by key."""
+    o1 = torch.argsort(keys)
+    return o1[torch.sort(classes[o1], stable=True).indices]
+
+
 def _merge_keys(feats: Tensor, keys: Tensor, classes: Tensor, comm: Comm) -> tuple[Tensor, Tensor, Tensor]:
     """All processes' ``(feature, key, class)`` rows in one padded all-gather (the features'
     float32 bits, the int64 keys and the classes packed into one int32 tensor)."""
@@ -495,14 +501,16 @@ def contrastive_loss(
     n_key = pixel_keys(seed, _SALT_NEGATIVES, n_cls, global_ids(n_flat))
     cap = queues.size if cfg.use_queue else None
     local = select_lowest_per_class(n_key, n_cls, cap, C)
-    n_feat = F.normalize(_gather_pixels(z_teacher.detach(), n_flat[local]).float(), dim=1)
-    n_feat, n_key, n_cls = _merge_keys(n_feat, n_key[local], n_cls[local], comm)
+    order = local.nonzero()[:, 0]
+    order = order[_arrival_order(n_key[order], n_cls[order])]
+    n_key, n_cls = n_key[order], n_cls[order]
+    # features gathered once, already in arrival order (no re-indexing of [K, D] rows)
+    n_feat = F.normalize(_gather_pixels(z_teacher.detach(), n_flat[order]).float(), dim=1)
     if comm.world_size > 1:
-        kept = select_lowest_per_class(n_key, n_cls, cap, C)
-        n_feat, n_key, n_cls = n_feat[kept], n_key[kept], n_cls[kept]
-    o1 = torch.argsort(n_key)  # arrival order: by class, then by key
-    order = o1[torch.sort(n_cls[o1], stable=True).indices]
-    n_feat, n_cls = n_feat[order], n_cls[order]
+        n_feat, n_key, n_cls = _merge_keys(n_feat, n_key, n_cls, comm)
+        kept = select_lowest_per_class(n_key, n_cls, cap, C).nonzero()[:, 0]
+        kept = kept[_arrival_order(n_key[kept], n_cls[kept])]
+        n_feat, n_cls = n_feat.index_select(0, kept), n_cls[kept]
 
     draws = uniform_draws(seed, _SALT_DRAWS, a_cls, a_gid, cfg.num_negatives)
     if cfg.use_queue:
