@@ -95,6 +95,9 @@ class TrainConfig:
     ohem: bool = False
     ohem_thresh: float = 0.7
     ohem_min_kept: int = 100000
+    # L_s class weights: null (plain mean), "median_frequency" (computed from the labeled
+    # set's masks before training) or a list of C positive numbers; not with ohem
+    class_weights: Any = None
     amp: str = "off"  # off | bf16 | fp16 (autocast; fp16 adds a GradScaler); losses stay fp32
     channels_last: bool = False  # NHWC memory format for model and images (faster on GPUs)
     checkpoint_every: int = 200
@@ -285,6 +288,18 @@ def _validate(cfg: DictConfig) -> None:
         v = OmegaConf.select(cfg, key)
         if len(v) != 2 or min(v) <= 0:
             raise ConfigError(f"{key}={list(v)} must be [height, width] with positive values")
+    weights = cfg.train.class_weights
+    if weights is not None:
+        if isinstance(weights, str):
+            if weights != "median_frequency":
+                raise ConfigError(f"train.class_weights={weights!r} must be null, median_frequency "
+                                  "or a list of one positive number per class")
+        elif not OmegaConf.is_list(weights) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in weights):
+            raise ConfigError(f"train.class_weights={weights} must be null, median_frequency "
+                              "or a list of one positive number per class")
+        if cfg.train.ohem:
+            raise ConfigError("train.class_weights cannot be combined with train.ohem")
     if cfg.data.batch_size <= 0:
         raise ConfigError("data.batch_size must be positive")
     if cfg.train.max_iters <= 0 and cfg.train.epochs is None:

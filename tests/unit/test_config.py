@@ -198,3 +198,14 @@ def test_amp_off_survives_yaml_boolean_parsing(tmp_path):
     f.write_text("train:\n  amp: off\n")
     assert load_config(f).train.amp == "off"
     assert load_config(None, ["train.amp=bf16"]).train.amp == "bf16"
+
+
+def test_class_weights_values():
+    assert load_config(None, []).train.class_weights is None
+    assert load_config(None, ["train.class_weights=median_frequency"]).train.class_weights == "median_frequency"
+    assert list(load_config(None, ["train.class_weights=[1,2.5,3]"]).train.class_weights) == [1, 2.5, 3]
+    for bad in ("inverse", "[1,-2]", "[1,true]", "3"):
+        with pytest.raises(ConfigError, match="train.class_weights"):
+            load_config(None, [f"train.class_weights={bad}"])
+    with pytest.raises(ConfigError, match="cannot be combined with train.ohem"):
+        load_config(None, ["train.class_weights=median_frequency", "train.ohem=true"])

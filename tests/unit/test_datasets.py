@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -337,3 +338,27 @@ def test_real_camvid():
         values = set(np.unique(ds.load_mask(ds.items[0].mask)).tolist())
         assert values <= set(range(11)) | {255}
     train.with_items(train.items[:10]).check_files()
+
+
+def test_class_pixel_counts_and_class_weights_from_the_labeled_masks(tmp_path):
+    from u2plus.engine.trainer import resolve_class_weights
+    from u2plus.losses.supervised import median_frequency_weights
+
+    rgb(tmp_path / "img/a.png")
+    rgb(tmp_path / "img/b.png")
+    label(tmp_path / "msk/a.png", [1, 2])  # 46 x class 0, one pixel each of classes 1 and 2
+    label(tmp_path / "msk/b.png", [0, 255])  # 47 x class 0, one ignored pixel
+    ds = build_dataset(cfg(dataset="folder", num_classes=3, images=str(tmp_path / "img"),
+                           masks=str(tmp_path / "msk")), "train")
+    class_pixels, image_pixels = ds.class_pixel_counts()
+    assert class_pixels.tolist() == [93, 1, 1]
+    assert image_pixels.tolist() == [48 + 47, 48, 48]  # ignored pixels are not counted
+    weights = resolve_class_weights("median_frequency", ds)
+    assert torch.equal(weights, median_frequency_weights(class_pixels, image_pixels))
+    assert weights.tolist() == pytest.approx([(1 / 48) / (93 / 95), 1.0, 1.0])
+    assert resolve_class_weights([1, 2, 3], ds).tolist() == [1.0, 2.0, 3.0]
+    assert resolve_class_weights(None, ds) is None
+    with pytest.raises(ConfigError, match="2 values.*3 classes"):
+        resolve_class_weights([1, 2], ds)
+    with pytest.raises(DataError, match="a.png has no mask"):
+        build_dataset(cfg(dataset="folder", num_classes=3, images=str(tmp_path / "img")), "train").class_pixel_counts()

@@ -171,3 +171,22 @@ def test_bf16_autocast_step_is_finite_and_losses_fp32(name):
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in method.student.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", ["suponly", "u2pl_plus"])
+def test_class_weights_weigh_the_supervised_loss_only(name):
+    """``set_class_weights`` turns L_s into the weighted mean (L_u and L_c are unchanged), and
+    the weights stay out of the checkpoint (they come from the config)."""
+    from u2plus.losses.supervised import pixel_cross_entropy
+
+    method = make_method(name)
+    labeled, _ = batches()
+    logits = torch.randn(2, NUM_CLASSES, 8, 8)
+    w = torch.tensor([1.0, 5.0, 0.5, 2.0])
+    plain = method.supervised_loss(logits, labeled["mask"])
+    method.set_class_weights(w)
+    weighted = method.supervised_loss(logits, labeled["mask"])
+    assert weighted.item() == pytest.approx(pixel_cross_entropy(logits, labeled["mask"], class_weights=w).item())
+    assert weighted.item() != pytest.approx(plain.item())
+    assert "class_weights" not in method.state_dict()
+    assert torch.isfinite(run_steps(method)[-1][0])

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from u2plus.losses.supervised import ohem_cross_entropy, pixel_cross_entropy, upsample_logits
+from u2plus.losses.supervised import (
+    median_frequency_weights,
+    ohem_cross_entropy,
+    pixel_cross_entropy,
+    upsample_logits,
+    weighted_pixel_count,
+)
 
 
 def hand_logits():
@@ -140,3 +146,39 @@ def test_ohem_thresh_one_equals_plain_ce():
     plain = pixel_cross_entropy(logits, target)
     ohem = ohem_cross_entropy(logits, target, thresh=1.0, min_kept=1)
     assert ohem.item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+# -- class weights (train.class_weights) -----------------------------------------------------------
+def test_pixel_ce_class_weights_hand_case():
+    # pixel 0 (target 0): 0.12692801; pixel 1 (target 1): 0.31326169; weights (1, 3)
+    # -> (1 * 0.12692801 + 3 * 0.31326169) / (1 + 3)
+    loss = pixel_cross_entropy(hand_logits(), torch.tensor([[[0, 1]]]), class_weights=torch.tensor([1.0, 3.0]))
+    assert loss.item() == pytest.approx((0.126928011 + 3 * 0.313261687) / 4, abs=1e-6)
+    # equal weights are the plain mean
+    plain = pixel_cross_entropy(hand_logits(), torch.tensor([[[0, 1]]]))
+    same = pixel_cross_entropy(hand_logits(), torch.tensor([[[0, 1]]]), class_weights=torch.tensor([2.0, 2.0]))
+    assert same.item() == pytest.approx(plain.item(), abs=1e-7)
+
+
+def test_weighted_shares_add_up_to_the_global_weighted_mean():
+    """What each process returns (local weighted sum / global weight sum) adds up to the mean
+    over the whole batch, so the weights mean the same at any process count."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(4, 3, 5, 6), torch.randint(0, 3, (4, 5, 6))
+    target[0, 0] = 255
+    w = torch.tensor([0.5, 2.0, 1.0])
+    whole = pixel_cross_entropy(logits, target, class_weights=w)
+    count = weighted_pixel_count(target[:2], class_weights=w) + weighted_pixel_count(target[2:], class_weights=w)
+    assert count.item() == pytest.approx(float(w[target[target != 255]].sum()))
+    shares = sum(pixel_cross_entropy(logits[s], target[s], count_override=count, class_weights=w)
+                 for s in (slice(0, 2), slice(2, 4)))
+    assert shares.item() == pytest.approx(whole.item(), rel=1e-6)
+    assert weighted_pixel_count(target).item() == 4 * 30 - 6
+
+
+def test_median_frequency_weights_hand_case():
+    # frequencies f = pixels / pixels of the images holding the class: 0.1, 0.2, 0.4, 0.8, class 4
+    # absent; median (lower, of four) 0.2 -> w = 0.2 / f = 2, 1, 0.5, 0.25; the absent class 1
+    w = median_frequency_weights(torch.tensor([10, 40, 40, 160, 0]), torch.tensor([100, 200, 100, 200, 0]))
+    assert w.tolist() == pytest.approx([2.0, 1.0, 0.5, 0.25, 1.0])
+    assert median_frequency_weights(torch.zeros(3, dtype=torch.long), torch.zeros(3)).tolist() == [1.0, 1.0, 1.0]

@@ -170,6 +170,21 @@ class SegmentationDataset(torch.utils.data.Dataset):
         new.items = list(items)
         return new
 
+    def class_pixel_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per class: its pixels, and the labelled (non-ignored) pixels of the images in which it
+        occurs (the inputs of median frequency balancing). Reads every mask once."""
+        class_pixels = torch.zeros(self.num_classes, dtype=torch.long)
+        image_pixels = torch.zeros(self.num_classes, dtype=torch.long)
+        for ref in self.items:
+            if ref.mask is None:
+                raise DataError(f"{self.name}: {ref.image} has no mask; class weights need masks")
+            mask = torch.from_numpy(self.load_mask(ref.mask).astype(np.int64)).reshape(-1)
+            mask = mask[(mask >= 0) & (mask < self.num_classes)]
+            counts = torch.bincount(mask, minlength=self.num_classes)
+            class_pixels += counts
+            image_pixels += (counts > 0).long() * mask.numel()
+        return class_pixels, image_pixels
+
     def check_files(self) -> None:
         """Decode every file once: readable images, masks of the same size, label values in
         0..C-1 or ``ignore_index``. Raises DataError naming the first bad file."""

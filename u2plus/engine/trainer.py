@@ -27,6 +27,7 @@ from ..data import build_dataset, build_train_sets
 from ..data.sampler import collate, make_train_loader
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError
+from ..losses.supervised import median_frequency_weights
 from ..methods import StepContext, build_method, method_class
 from ..models import build_segmentor
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -85,6 +86,20 @@ def train(cfg) -> dict:
         shutdown_distributed(info)
 
 
+def resolve_class_weights(value, labeled) -> torch.Tensor | None:
+    """``train.class_weights`` as a ``[C]`` tensor: a list is taken as given (one per class),
+    ``median_frequency`` is computed from the labeled set's masks."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # "median_frequency" (the config check allows nothing else)
+        return median_frequency_weights(*labeled.class_pixel_counts())
+    weights = [float(v) for v in value]
+    if len(weights) != labeled.num_classes:
+        raise ConfigError(f"train.class_weights has {len(weights)} values but {labeled.name} has "
+                          f"{labeled.num_classes} classes")
+    return torch.tensor(weights)
+
+
 def _check_distributed(cfg, info: DistInfo, device: torch.device) -> None:
     for key in ("batch_size", "unlabeled_batch_size"):
         if cfg.data[key] % info.world_size:
@@ -123,7 +138,11 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
     labeled.transform = TrainTransform(cfg.data, mean, std, strong=False)
     if unlabeled is not None:
         unlabeled.transform = TrainTransform(cfg.data, mean, std, strong=True)
-    method = build_method(cfg, model).to(device)
+    method = build_method(cfg, model)
+    method.set_class_weights(resolve_class_weights(cfg.train.class_weights, labeled))
+    if main and method.class_weights is not None:
+        print("L_s class weights: " + ", ".join(f"{v:.3g}" for v in method.class_weights.tolist()))
+    method = method.to(device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     if cfg.train.channels_last:
         method.to(memory_format=memory_format)

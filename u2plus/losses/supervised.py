@@ -16,20 +16,59 @@ def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
 
 
 def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
-                        count_override: torch.Tensor | None = None) -> torch.Tensor:
+                        count_override: torch.Tensor | None = None,
+                        class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """L_s (Eq. 3): mean CE over non-ignored pixels; 0 (differentiable) when all are ignored.
 
-    With ``count_override`` (the number of valid pixels over all processes) it returns the local
-    sum divided by that count: this process's share of the global mean.
+    With ``class_weights [C]`` it is the weighted mean ``sum_i w_{y_i} l_i / sum_i w_{y_i}``
+    (torch's ``weight=`` convention). With ``count_override`` (the number of valid pixels over
+    all processes, or the sum of their weights) it returns the local (weighted) sum divided by
+    that count: this process's share of the global mean.
     """
     logits = upsample_logits(logits, target.shape[-2:]).float()
+    weight = None if class_weights is None else class_weights.to(device=logits.device, dtype=torch.float32)
     if count_override is not None:
-        total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
-        return total / count_override.to(total.device).float().clamp_min(1.0)
+        total = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="sum")
+        return total / count_override.to(total.device).float().clamp_min(1e-12)
     valid = target != ignore_index
     if not bool(valid.any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, ignore_index=ignore_index)
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
+
+
+def weighted_pixel_count(target: torch.Tensor, ignore_index: int = 255,
+                         class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The denominator of :func:`pixel_cross_entropy`: valid pixels, or the sum of their class
+    weights (to be summed over processes)."""
+    valid = target != ignore_index
+    if class_weights is None:
+        return valid.sum()
+    w = class_weights.to(device=target.device, dtype=torch.float32)
+    return w[target[valid].long()].sum()
+
+
+def median_frequency_weights(class_pixels: torch.Tensor, image_pixels: torch.Tensor) -> torch.Tensor:
+    """Median frequency balancing (Eigen & Fergus 2015; SegNet's CamVid weights):
+    ``w_c = median_k(f_k) / f_c`` with ``f_c = class_pixels[c] / image_pixels[c]``, the pixels
+    of class ``c`` over the (labelled) pixels of the images where ``c`` occurs. The median is
+    over the classes that occur; a class that never occurs gets weight 1 (it has no pixels to
+    weigh).
+
+    Args:
+        class_pixels: ``[C]`` pixel counts per class.
+        image_pixels: ``[C]`` labelled pixels of the images containing each class.
+
+    Returns:
+        ``[C]`` float32 weights.
+    """
+    class_pixels = class_pixels.double()
+    present = class_pixels > 0
+    if not bool(present.any()):
+        return torch.ones(class_pixels.shape[0], dtype=torch.float32)
+    freq = class_pixels / image_pixels.double().clamp_min(1)
+    median = freq[present].median()  # lower median for an even count, like torch.median
+    weights = torch.where(present, median / freq.clamp_min(1e-300), torch.ones_like(freq))
+    return weights.float()
 
 
 def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7,

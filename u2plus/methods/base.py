@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..engine.distributed import LOCAL, Comm
-from ..losses.supervised import ohem_cross_entropy, pixel_cross_entropy
+from ..losses.supervised import ohem_cross_entropy, pixel_cross_entropy, weighted_pixel_count
 
 
 @dataclass
@@ -44,6 +44,13 @@ class Method(nn.Module):
         self.ignore_index = cfg.data.ignore_index
         self.comm: Comm = LOCAL
         self.__dict__["_student_runner"] = None  # the DDP wrapper (kept out of state_dict)
+        # L_s class weights (train.class_weights), set by the engine; recomputed from the
+        # config on resume, so not part of the checkpoint
+        self.register_buffer("class_weights", None, persistent=False)
+
+    def set_class_weights(self, weights: torch.Tensor | None) -> None:
+        """Weights ``[C]`` of the classes in L_s (None: plain mean)."""
+        self.class_weights = None if weights is None else weights.detach().float().clone()
 
     def attach_distributed(self, comm: Comm, student_runner: nn.Module | None) -> None:
         """Use ``comm`` for global quantities and ``student_runner`` (the DDP-wrapped student,
@@ -61,13 +68,16 @@ class Method(nn.Module):
         return offset + self.comm.rank * local_batch + torch.arange(local_batch)
 
     def supervised_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """L_s (Eq. 3), OHEM when ``train.ohem``: mean over the valid pixels of the global batch."""
+        """L_s (Eq. 3), OHEM when ``train.ohem``: mean over the valid pixels of the global batch
+        (weighted by ``train.class_weights`` when set)."""
         t = self.cfg.train
         if t.ohem:
             return ohem_cross_entropy(logits, target, t.ohem_thresh, t.ohem_min_kept, self.ignore_index,
                                       comm=self.comm)
-        count = self.comm.sum((target != self.ignore_index).sum()) if self.comm.world_size > 1 else None
-        return pixel_cross_entropy(logits, target, self.ignore_index, count_override=count)
+        w = self.class_weights
+        count = (self.comm.sum(weighted_pixel_count(target, self.ignore_index, w))
+                 if self.comm.world_size > 1 else None)
+        return pixel_cross_entropy(logits, target, self.ignore_index, count_override=count, class_weights=w)
 
     def train(self, mode: bool = True):
         super().train(mode)
