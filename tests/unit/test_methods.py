@@ -94,6 +94,9 @@ def test_unlabeled_masks_only_feed_diagnostics():
     # a pixel has at most one true class among its negatives: per-pixel rate >= per-pair rate
     per_pixel = float(logs_b["diag/unreliable_pixels_true_class_negative"])
     assert float(logs_b["diag/false_negative_rate"]) <= per_pixel <= 1.0
+    # pseudo-label precision is logged for every semi-supervised method, the negatives' only with L_c
+    (_, logs), = run_steps(make_method("selftrain"), steps=1, with_unlabeled_masks=True)
+    assert 0.0 <= float(logs["diag/pseudo_label_precision"]) <= 1.0 and "diag/false_negative_rate" not in logs
 
 
 def test_teacher_stays_in_eval_mode_and_follows_student():

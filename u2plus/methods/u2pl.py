@@ -194,20 +194,24 @@ class U2PLPlus(Method):
             logs["per_class/anchors"] = stats["anchors_per_class"]
             logs["per_class/negatives"] = stats["negatives_per_class"]
             logs["per_class/queue_fill"] = stats["queue_fill"]
-            if "mask" in unlabeled:
-                logs.update(self._premise_diagnostics(unlabeled, perm, box, y_mix, rel_mix, prob_small[b_l:],
-                                                      unrel_small[b_l:]))
+        if "mask" in unlabeled:  # diagnostics only: the unlabeled masks are never trained on
+            with torch.no_grad():
+                gt = apply_cutmix(box, perm, unlabeled["mask"])[0]
+                logs["diag/pseudo_label_precision"] = self._pseudo_label_precision(gt, y_mix, rel_mix)
+                if m.contrastive:
+                    logs.update(self._premise_diagnostics(gt, prob_small[b_l:], unrel_small[b_l:]))
         return loss, logs
 
-    @torch.no_grad()
-    def _premise_diagnostics(self, unlabeled, perm, box, y_mix, rel_mix, prob_small_u, unrel_small_u) -> dict:
-        """Where unlabeled images do have masks (never used for training): pseudo-label precision
-        on reliable pixels, and how often an unreliable pixel's true class is among the classes
-        it was made a negative for (the paper's premise says: rarely), per (pixel, class) pair
-        (``false_negative_rate``) and per pixel (``unreliable_pixels_true_class_negative``)."""
-        gt = apply_cutmix(box, perm, unlabeled["mask"])[0]
-        valid = rel_mix & (gt != self.ignore_index)
-        precision = (y_mix[valid] == gt[valid]).float().mean() if bool(valid.any()) else torch.tensor(float("nan"))
+    def _pseudo_label_precision(self, gt, y_hat, reliable) -> torch.Tensor:
+        """Share of reliable pixels whose pseudo-label is the true class (NaN when none)."""
+        valid = reliable & (gt != self.ignore_index)
+        return (y_hat[valid] == gt[valid]).float().mean() if bool(valid.any()) else torch.tensor(float("nan"))
+
+    def _premise_diagnostics(self, gt, prob_small_u, unrel_small_u) -> dict:
+        """Where unlabeled images do have masks (never used for training): how often an
+        unreliable pixel's true class is among the classes it was made a negative for (the
+        paper's premise says: rarely), per (pixel, class) pair (``false_negative_rate``) and per
+        pixel (``unreliable_pixels_true_class_negative``)."""
         gt_small = resize_nearest(gt, prob_small_u.shape[-2:])
         neg = unlabeled_negative_mask(unrel_small_u, class_rank(prob_small_u), self.m.r_l,
                                       min(self.m.r_h, prob_small_u.shape[1]))
@@ -219,7 +223,7 @@ class U2PLPlus(Method):
         # per pixel: of the unreliable pixels used as negatives, how many had their true class pushed away
         used = neg.any(1) & known
         pixels_hit = hits.sum().float() / used.sum().clamp_min(1).float()
-        return {"diag/pseudo_label_precision": precision, "diag/false_negative_rate": false_negative_rate,
+        return {"diag/false_negative_rate": false_negative_rate,
                 "diag/unreliable_pixels_true_class_negative": pixels_hit, "diag/negative_pairs": pairs.float()}
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
