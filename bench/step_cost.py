@@ -7,10 +7,12 @@ Times (median over warm steps, forward + backward + optimiser + EMA) of
 - u2pl_plus_noop: the same forwards as u2pl_plus (teacher with representations, student with
                   representations) but every piece of loss machinery replaced by a no-op,
 and the ratios machinery = u2pl_plus / u2pl_plus_noop and u2pl_plus / suponly; the time of one
-memory-bank enqueue into empty vs full queues; peak RSS (and peak CUDA memory on a GPU).
+memory-bank enqueue into empty vs full queues; peak RSS, and on a GPU each variant's peak CUDA memory.
 
     python bench/step_cost.py            # CamVid CPU setting: crops 160x224, 4 + 4 images
     python bench/step_cost.py --quick    # < 3 minutes on a 2-core CPU
+    python bench/step_cost.py --amp bf16 --config configs/voc/_base.yaml --crop 513 513 --batch 8
+                                         # a GPU at the paper's VOC setting (ResNet-101, crop 513)
 
 Synthetic images and labels (timing does not depend on content); the model and method are the
 real ones built from configs/camvid/_base.yaml.
@@ -32,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from u2plus.config import load_config  # noqa: E402
 from u2plus.engine.optim import build_optimizer  # noqa: E402
+from u2plus.engine.trainer import autocast_context  # noqa: E402
 from u2plus.losses.contrastive import ClassQueues  # noqa: E402
 from u2plus.losses.supervised import pixel_cross_entropy  # noqa: E402
 from u2plus.methods import StepContext, build_method  # noqa: E402
@@ -64,6 +67,8 @@ def make_batches(batch: int, crop, num_classes: int, device):
 
 
 def time_method(name: str, cfg, batch: int, crop, steps: int, warmup: int, device) -> float:
+    """Median time of a warm training step, timed as the trainer runs it: the method's step under
+    ``train.amp`` autocast, backward (through a GradScaler for fp16) outside it, then optimiser and EMA."""
     torch.manual_seed(0)
     model = build_segmentor(cfg.model, cfg.data.num_classes)
     if name == "u2pl_plus_noop":
@@ -72,17 +77,26 @@ def time_method(name: str, cfg, batch: int, crop, steps: int, warmup: int, devic
         method = build_method(cfg, model)
     method.to(device).train()
     opt = build_optimizer(cfg.train, method.student)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     labeled, unlabeled = make_batches(batch, crop, cfg.data.num_classes, device)
+    if cfg.train.channels_last:  # as the trainer does: model and input images in NHWC
+        method.to(memory_format=torch.channels_last)
+        for b in (labeled, unlabeled):
+            for k in ("image", "image_strong"):
+                if k in b:
+                    b[k] = b[k].contiguous(memory_format=torch.channels_last)
     times = []
     for step in range(warmup + steps):
         ctx = StepContext(step, 1000, 100)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss, _ = method.training_step(labeled, unlabeled if method.semi_supervised else None, ctx)
+        with autocast_context(cfg.train.amp, device):
+            loss, _ = method.training_step(labeled, unlabeled if method.semi_supervised else None, ctx)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         method.after_optimizer_step(ctx)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -124,27 +138,33 @@ def main() -> None:
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
     p.add_argument("--batch", type=int, default=4, help="labeled (= unlabeled) images per step")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--config", default="configs/camvid/_base.yaml",
+                   help="model and method settings (default: the CamVid CPU setting)")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="crop size (default: 160 224, or 96 128 with --quick)")
+    p.add_argument("--set", nargs="*", default=[], metavar="key=value", help="config overrides")
     args = p.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    crop = (96, 128) if args.quick else (160, 224)
+    crop = tuple(args.crop) if args.crop else ((96, 128) if args.quick else (160, 224))
     steps, warmup = (args.steps or (4 if args.quick else 10)), (1 if args.quick else 3)
     results = {}
     for name in ("suponly", "selftrain", "u2pl_plus", "u2pl_plus_noop"):
         method_name = "u2pl_plus" if name == "u2pl_plus_noop" else name
-        cfg = load_config(REPO / "configs/camvid/_base.yaml",
+        cfg = load_config(REPO / args.config,
                           [f"method.name={method_name}", "model.pretrained=none", f"train.amp={args.amp}",
-                           "method.sup_only_epochs=0"])
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16) \
-            if args.amp != "off" else torch.autocast(device.type, enabled=False)
-        with ctx:
-            results[name] = time_method(name, cfg, args.batch, crop, steps, warmup, device)
-        print(f"{name:15s} {results[name] * 1000:8.1f} ms/step", flush=True)
+                           "method.sup_only_epochs=0", *args.set])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        results[name] = time_method(name, cfg, args.batch, crop, steps, warmup, device)
+        mem = f"  peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB" if device.type == "cuda" else ""
+        print(f"{name:15s} {results[name] * 1000:8.1f} ms/step{mem}", flush=True)
     empty, full = time_enqueue(11, 256, 30000, 4096, 5 if args.quick else 20, device)
     print(f"enqueue 4096 keys: empty queues {empty * 1e3:.2f} ms, full queues {full * 1e3:.2f} ms")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS {rss:.0f} MiB" + (f", peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
-                                       if device.type == "cuda" else ""))
-    print(f"device={device} amp={args.amp} crop={crop[0]}x{crop[1]} batch={args.batch}+{args.batch} "
+    print(f"peak RSS {rss:.0f} MiB")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device={device} ({where}) config={args.config} {' '.join(args.set)} amp={args.amp} "
+          f"crop={crop[0]}x{crop[1]} batch={args.batch}+{args.batch} "
           f"threads={torch.get_num_threads()}")
     print(f"machinery_ratio={results['u2pl_plus'] / results['u2pl_plus_noop']:.3f} "
           f"u2pl_plus_over_suponly={results['u2pl_plus'] / results['suponly']:.3f} "

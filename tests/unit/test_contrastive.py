@@ -445,3 +445,14 @@ def test_contrastive_loss_half_inputs():
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(HAND_LOSS, abs=1e-3)
     assert math.isfinite(loss.item())
+
+
+def test_pixel_info_nce_stays_float32_under_autocast():
+    """Eq. 10 under train.amp: autocast must not run the similarity matmul in bf16."""
+    g = torch.Generator().manual_seed(0)
+    a, pos, neg = torch.randn(64, 32, generator=g), torch.randn(64, 32, generator=g), torch.randn(64, 50, 32, generator=g)
+    ref = pixel_info_nce(a, pos, neg, temperature=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = pixel_info_nce(a, pos, neg, temperature=0.1)
+    assert amp.dtype == torch.float32
+    assert amp.item() == pytest.approx(ref.item(), abs=1e-6)

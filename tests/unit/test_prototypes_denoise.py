@@ -106,3 +106,16 @@ def test_prototype_weights_fp32_output(dtype):
     z = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1).to(dtype)
     w = prototype_weights(z, torch.eye(2), torch.ones(2, dtype=torch.bool))
     assert w.dtype == torch.float32
+
+
+def test_prototype_weights_stay_float32_under_autocast():
+    """Eq. 19 under train.amp: the distances are computed in float32."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(2, 16, 5, 7, generator=g), dim=1)
+    protos = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=1)
+    init = torch.ones(4, dtype=torch.bool)
+    ref = prototype_weights(z, protos, init)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = prototype_weights(z, protos, init)
+    assert amp.dtype == torch.float32
+    assert torch.allclose(amp, ref, atol=1e-6)

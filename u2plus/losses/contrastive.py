@@ -293,14 +293,16 @@ def _gather_pixels(z: Tensor, flat: Tensor) -> Tensor:
 
 def _info_nce_per_anchor(anchors: Tensor, positives: Tensor, negatives: Tensor, temperature: float,
                          negatives_normalized: bool = False) -> Tensor:
-    a = F.normalize(anchors.float(), dim=-1)
-    pos = F.normalize(positives.float(), dim=-1)
-    # memory-bank keys are stored L2-normalised: skip a pass over the largest tensor [A, N, D]
-    neg = negatives.float() if negatives_normalized else F.normalize(negatives.float(), dim=-1)
-    s_pos = (a * pos).sum(-1, keepdim=True) / temperature  # [A, 1]
-    s_neg = torch.matmul(neg, a.unsqueeze(2)).squeeze(2) / temperature  # [A, N]
-    logits = torch.cat([s_pos, s_neg], dim=1)
-    return torch.logsumexp(logits, dim=1) - s_pos.squeeze(1)
+    # float32 even under train.amp: autocast would run the matmul in bf16/fp16
+    with torch.autocast(anchors.device.type, enabled=False):
+        a = F.normalize(anchors.float(), dim=-1)
+        pos = F.normalize(positives.float(), dim=-1)
+        # memory-bank keys are stored L2-normalised: skip a pass over the largest tensor [A, N, D]
+        neg = negatives.float() if negatives_normalized else F.normalize(negatives.float(), dim=-1)
+        s_pos = (a * pos).sum(-1, keepdim=True) / temperature  # [A, 1]
+        s_neg = torch.matmul(neg, a.unsqueeze(2)).squeeze(2) / temperature  # [A, N]
+        logits = torch.cat([s_pos, s_neg], dim=1)
+        return torch.logsumexp(logits, dim=1) - s_pos.squeeze(1)
 
 
 def pixel_info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor, temperature: float) -> Tensor:

@@ -24,14 +24,15 @@ def prototype_weights(features: Tensor, prototypes: Tensor, initialized: Tensor)
     Returns:
         ``[B, C, H, W]`` float32 weights summing to 1 over ``C``.
     """
-    z = features.float()
-    p = prototypes.to(z.device).float()
-    dot = torch.einsum("bdhw,cd->bchw", z, p)
-    sq = (z * z).sum(1, keepdim=True) + (p * p).sum(1).view(1, -1, 1, 1) - 2.0 * dot
-    dist = sq.clamp_min(0.0).sqrt()
-    init = initialized.to(device=z.device, dtype=torch.bool).view(1, -1, 1, 1)
-    dist = torch.where(init, dist, torch.full_like(dist, _NO_INFO_DISTANCE))
-    return torch.softmax(-dist, dim=1)
+    with torch.autocast(features.device.type, enabled=False):  # float32 under train.amp too
+        z = features.float()
+        p = prototypes.to(z.device).float()
+        dot = torch.einsum("bdhw,cd->bchw", z, p)
+        sq = (z * z).sum(1, keepdim=True) + (p * p).sum(1).view(1, -1, 1, 1) - 2.0 * dot
+        dist = sq.clamp_min(0.0).sqrt()
+        init = initialized.to(device=z.device, dtype=torch.bool).view(1, -1, 1, 1)
+        dist = torch.where(init, dist, torch.full_like(dist, _NO_INFO_DISTANCE))
+        return torch.softmax(-dist, dim=1)
 
 
 def denoise_probabilities(prob: Tensor, weights: Tensor) -> Tensor:
