@@ -76,7 +76,11 @@ class ModelConfig:
     rep_head: bool = True
     rep_dim: int = 256
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
-    freeze_bn: bool = False  # BatchNorm layers keep their running statistics while training
+    # BatchNorm layers keep their running statistics while training. freeze_bn: every layer,
+    # the decoder's freshly initialised ones too (for fine-tuning a trained model, or the exact
+    # 1-vs-N-process equivalence); freeze_encoder_bn: only the encoder's (pretrained) layers
+    freeze_bn: bool = False
+    freeze_encoder_bn: bool = False
 
 
 @dataclass

@@ -193,3 +193,19 @@ def test_class_weights_weigh_the_supervised_loss_only(name):
     assert weighted.item() != pytest.approx(plain.item())
     assert "class_weights" not in method.state_dict()
     assert torch.isfinite(run_steps(method)[-1][0])
+
+
+@pytest.mark.parametrize("key, decoder_frozen", [("model.freeze_bn", True), ("model.freeze_encoder_bn", False)])
+def test_frozen_batchnorm_keeps_running_statistics(key, decoder_frozen):
+    method = make_method("suponly", f"{key}=true")
+    bn = torch.nn.modules.batchnorm._BatchNorm
+    enc = [m for m in method.student.encoder.modules() if isinstance(m, bn)]
+    dec = [m for m in method.student.decoder.modules() if isinstance(m, bn)]
+    before_enc = [m.running_mean.clone() for m in enc]
+    before_dec = [m.running_mean.clone() for m in dec]
+    run_steps(method, steps=1)
+    assert enc and dec
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before_enc, enc))
+    dec_same = [torch.equal(a, m.running_mean) for a, m in zip(before_dec, dec)]
+    assert all(dec_same) if decoder_frozen else not any(dec_same)
+    assert all(not m.training for m in enc) and all(m.training != decoder_frozen for m in dec)

@@ -81,8 +81,10 @@ class Method(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode and self.cfg.model.freeze_bn:  # BN layers keep their running statistics
-            for module in self.student.modules():
+        m = self.cfg.model
+        if mode and (m.freeze_bn or m.freeze_encoder_bn):  # BN layers keep their running statistics
+            frozen = self.student if m.freeze_bn else self.student.encoder
+            for module in frozen.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
