@@ -15,7 +15,7 @@ memory-bank enqueue into empty vs full queues; peak RSS, and on a GPU each varia
                                          # a GPU at the paper's VOC setting (ResNet-101, crop 513)
 
 Synthetic images and labels (timing does not depend on content); the model and method are the
-real ones built from configs/camvid/_base.yaml.
+real ones built from ``--config`` (default configs/camvid/_base.yaml) with ``model.pretrained=none``.
 """
 
 from __future__ import annotations
