@@ -47,13 +47,16 @@ def main() -> None:
     opt = build_optimizer(cfg.train, method.student)
     labeled, unlabeled = make_batches(args.batch, args.crop, cfg.data.num_classes, device)
 
-    def step(i: int) -> None:
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp == "fp16")
+
+    def step(i: int) -> None:  # as the trainer runs it
         ctx = StepContext(i, 1000, 100)
         with autocast_context(args.amp, device):
-            loss, _ = method.training_step(labeled, unlabeled, ctx)
+            loss, _ = method.training_step(labeled, unlabeled if method.semi_supervised else None, ctx)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         method.after_optimizer_step(ctx)
 
     for i in range(3):
