@@ -23,11 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from step_cost import make_batches  # noqa: E402
+from step_cost import build_training_step  # noqa: E402
 from u2plus.config import load_config  # noqa: E402
-from u2plus.engine.optim import build_optimizer  # noqa: E402
-from u2plus.engine.trainer import autocast_context  # noqa: E402
-from u2plus.methods import StepContext, build_method  # noqa: E402
+from u2plus.methods import build_method  # noqa: E402
 from u2plus.models import build_segmentor  # noqa: E402
 
 
@@ -43,22 +41,8 @@ def main() -> None:
     cfg = load_config(REPO / args.config, [f"method.name={args.method}", "model.pretrained=none",
                                            f"train.amp={args.amp}", "method.sup_only_epochs=0"])
     torch.manual_seed(0)
-    method = build_method(cfg, build_segmentor(cfg.model, cfg.data.num_classes)).to(device).train()
-    opt = build_optimizer(cfg.train, method.student)
-    labeled, unlabeled = make_batches(args.batch, args.crop, cfg.data.num_classes, device)
-
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp == "fp16")
-
-    def step(i: int) -> None:  # as the trainer runs it
-        ctx = StepContext(i, 1000, 100)
-        with autocast_context(args.amp, device):
-            loss, _ = method.training_step(labeled, unlabeled if method.semi_supervised else None, ctx)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        method.after_optimizer_step(ctx)
-
+    method = build_method(cfg, build_segmentor(cfg.model, cfg.data.num_classes))
+    step = build_training_step(method, cfg, args.batch, tuple(args.crop), device)
     for i in range(3):
         step(i)
     torch.cuda.synchronize()

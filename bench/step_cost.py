@@ -66,31 +66,23 @@ def make_batches(batch: int, crop, num_classes: int, device):
     return labeled, unlabeled
 
 
-def time_method(name: str, cfg, batch: int, crop, steps: int, warmup: int, device) -> float:
-    """Median time of a warm training step, timed as the trainer runs it: the method's step under
-    ``train.amp`` autocast, backward (through a GradScaler for fp16) outside it, then optimiser and EMA."""
-    torch.manual_seed(0)
-    model = build_segmentor(cfg.model, cfg.data.num_classes)
-    if name == "u2pl_plus_noop":
-        method = U2PLPlusNoop(cfg, model)
-    else:
-        method = build_method(cfg, model)
+def build_training_step(method, cfg, batch: int, crop, device):
+    """A closure ``step(i)`` running one training step on synthetic batches as the trainer runs it:
+    the method's step under ``train.amp`` autocast, backward (through a GradScaler for fp16) outside
+    it, then optimiser and EMA; channels-last model and images when ``train.channels_last``."""
     method.to(device).train()
     opt = build_optimizer(cfg.train, method.student)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     labeled, unlabeled = make_batches(batch, crop, cfg.data.num_classes, device)
-    if cfg.train.channels_last:  # as the trainer does: model and input images in NHWC
+    if cfg.train.channels_last:
         method.to(memory_format=torch.channels_last)
         for b in (labeled, unlabeled):
             for k in ("image", "image_strong"):
                 if k in b:
                     b[k] = b[k].contiguous(memory_format=torch.channels_last)
-    times = []
-    for step in range(warmup + steps):
-        ctx = StepContext(step, 1000, 100)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def step(i: int) -> None:
+        ctx = StepContext(i, 1000, 100)
         with autocast_context(cfg.train.amp, device):
             loss, _ = method.training_step(labeled, unlabeled if method.semi_supervised else None, ctx)
         opt.zero_grad(set_to_none=True)
@@ -98,9 +90,25 @@ def time_method(name: str, cfg, batch: int, crop, steps: int, warmup: int, devic
         scaler.step(opt)
         scaler.update()
         method.after_optimizer_step(ctx)
+
+    return step
+
+
+def time_method(name: str, cfg, batch: int, crop, steps: int, warmup: int, device) -> float:
+    """Median time of a warm training step (:func:`build_training_step`)."""
+    torch.manual_seed(0)
+    model = build_segmentor(cfg.model, cfg.data.num_classes)
+    method = U2PLPlusNoop(cfg, model) if name == "u2pl_plus_noop" else build_method(cfg, model)
+    step = build_training_step(method, cfg, batch, crop, device)
+    times = []
+    for i in range(warmup + steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if step >= warmup:
+        t0 = time.perf_counter()
+        step(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
