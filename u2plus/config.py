@@ -79,6 +79,7 @@ class ModelConfig:
     # BatchNorm layers keep their running statistics while training. freeze_bn: every layer,
     # the decoder's freshly initialised ones too (for fine-tuning a trained model, or the exact
     # 1-vs-N-process equivalence); freeze_encoder_bn: only the encoder's (pretrained) layers
+    # (helps SupOnly; hurt selftrain and u2pl_plus on CamVid, see README "Models")
     freeze_bn: bool = False
     freeze_encoder_bn: bool = False
 
