@@ -4,9 +4,10 @@
         --set train.num_threads=1 --parallel 2
 
 Each config trains with ``u2plus train`` into runs/bench/<name>_s<seed>, then one row per run is
-appended to the results table: config, seed, labeled images, steps, val mIoU, wall time, the
-exact command and the machine. ``--parallel N`` runs N trainings at once (use train.num_threads=1
-with N=2 on a 2-core machine: faster in total than one 2-thread run after another).
+appended to the results table: config, seed, labeled images, steps, val mIoU, val mean class
+accuracy (mAcc, "-" for runs that predate it), wall time, the exact command and the machine.
+``--parallel N`` runs N trainings at once (use train.num_threads=1 with N=2 on a 2-core machine:
+faster in total than one 2-thread run after another).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def run_one(config: str, seed: int, extra: list[str], tag: str) -> dict:
     display = ["u2plus", "train", os.path.relpath(config, REPO), f"seed={seed}",
                f"out_dir={os.path.relpath(out_dir, REPO)}", *extra]
     return {"config": name, "seed": seed, "labeled": metrics["labeled_images"], "steps": metrics["steps"],
-            "mIoU": metrics["mIoU"], "wall_min": wall / 60, "sec_per_step": metrics["seconds_per_step"],
+            "mIoU": metrics["mIoU"], "mAcc": metrics.get("mAcc"), "wall_min": wall / 60,
+            "sec_per_step": metrics["seconds_per_step"],
             "command": shlex.join(display)}
 
 
@@ -81,11 +83,12 @@ def add_to_section(block: str, heading: str) -> None:
 
 
 def append_rows(rows: list[dict], note: str, section: str) -> None:
-    header = ("| config | seed | labeled | steps | val mIoU | wall (min) | s/step | command |\n"
-              "|---|---|---|---|---|---|---|---|\n")
+    header = ("| config | seed | labeled | steps | val mIoU | val mAcc | wall (min) | s/step | command |\n"
+              "|---|---|---|---|---|---|---|---|---|\n")
     lines = [f"\n### {time.strftime('%Y-%m-%d %H:%M')} — {note}\n", f"Machine: {machine()}\n\n", header]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['seed']} | {r['labeled']} | {r['steps']} | {r['mIoU']:.2f} | "
+        macc = "-" if r["mAcc"] is None else f"{r['mAcc']:.2f}"
+        lines.append(f"| {r['config']} | {r['seed']} | {r['labeled']} | {r['steps']} | {r['mIoU']:.2f} | {macc} | "
                      f"{r['wall_min']:.1f} | {r['sec_per_step']:.2f} | `{r['command']}` |\n")
     add_to_section("".join(lines), SECTIONS[section])
 

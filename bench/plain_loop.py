@@ -71,15 +71,17 @@ def build_model(kind: str, overrides: list[str]):
 
 
 @torch.no_grad()
-def miou(forward, pairs) -> tuple[float, list[float]]:
-    """Deliberately independent of ``u2plus.engine.evaluate``: this script cross-checks u2plus."""
+def miou(forward, pairs) -> tuple[float, list[float], float]:
+    """(mIoU, per-class IoU, mean class accuracy), all in percent. Deliberately independent of
+    ``u2plus.engine.evaluate``: this script cross-checks u2plus."""
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
     for x, y in pairs:
         pred = F.interpolate(forward(x[None]), size=y.shape, mode="bilinear", align_corners=False).argmax(1)[0]
         valid = y != 255
         cm += torch.bincount(y[valid] * NUM_CLASSES + pred[valid], minlength=NUM_CLASSES**2).view(NUM_CLASSES, -1)
     iou = cm.diag() / (cm.sum(0) + cm.sum(1) - cm.diag()).clamp_min(1)
-    return iou.mean().item() * 100, [round(v * 100, 1) for v in iou.tolist()]
+    class_acc = cm.diag() / cm.sum(1).clamp_min(1)  # recall: the "class average accuracy" of SegNet tables
+    return iou.mean().item() * 100, [round(v * 100, 1) for v in iou.tolist()], class_acc.mean().item() * 100
 
 
 def main() -> None:
@@ -140,18 +142,18 @@ def main() -> None:
             print(f"step {it} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
     minutes = (time.time() - t0) / 60
     model.eval()
-    val_miou, per_class = miou(forward, val)
-    train_miou, _ = miou(forward, train)
-    print(f"{args.model} labeled={len(ids)} val mIoU {val_miou:.2f} per class {per_class} "
+    val_miou, per_class, val_macc = miou(forward, val)
+    train_miou, _, _ = miou(forward, train)
+    print(f"{args.model} labeled={len(ids)} val mIoU {val_miou:.2f} mAcc {val_macc:.2f} per class {per_class} "
           f"train-image mIoU {train_miou:.2f} ({minutes:.1f} min)")
     if not args.no_record:
         cmd = "python bench/plain_loop.py " + " ".join(sys.argv[1:])
         add_to_section(
             f"\n### {time.strftime('%Y-%m-%d %H:%M')} — plain loop (`bench/plain_loop.py`)\n"
-            f"Machine: {machine()}\n\n| model | labeled | steps | lr | overrides | val mIoU | "
-            f"mIoU on its labeled images | wall (min) | command |\n|---|---|---|---|---|---|---|---|---|\n"
+            f"Machine: {machine()}\n\n| model | labeled | steps | lr | overrides | val mIoU | val mAcc | "
+            f"mIoU on its labeled images | wall (min) | command |\n|---|---|---|---|---|---|---|---|---|---|\n"
             f"| {args.model} | {len(ids)} | {args.iters} | {args.lr} | {' '.join(args.set) or '-'} | "
-            f"{val_miou:.2f} | {train_miou:.2f} | {minutes:.1f} | `{cmd}` |\n", SECTIONS["suponly"])
+            f"{val_miou:.2f} | {val_macc:.2f} | {train_miou:.2f} | {minutes:.1f} | `{cmd}` |\n", SECTIONS["suponly"])
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a checkpoint, print one JSON line with mIoU and per_class",
                        description="Evaluate CHECKPOINT on the val split (or --split) of CONFIG's dataset. "
-                       "Prints one JSON line {mIoU, per_class, ...}; --out also writes it to a file.")
+                       "Prints one JSON line {mIoU, per_class, mAcc, aAcc, per_class_acc, split, num_images} "
+                       "(mAcc: mean class accuracy, aAcc: pixel accuracy); --out also writes it to a file.")
     e.add_argument("config")
     e.add_argument("overrides", nargs="*", metavar="key=value")
     e.add_argument("--checkpoint", required=True)
@@ -94,8 +95,9 @@ def cmd_eval(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     result = evaluate_checkpoint(cfg, args.checkpoint, args.split)
-    line = json.dumps({"mIoU": result["mIoU"], "per_class": result["per_class"], "split": result["split"],
-                       "num_images": result["num_images"]})
+    line = json.dumps({"mIoU": result["mIoU"], "per_class": result["per_class"], "mAcc": result["mAcc"],
+                       "aAcc": result["aAcc"], "per_class_acc": result["per_class_acc"],
+                       "split": result["split"], "num_images": result["num_images"]})
     print(line)
     if args.table:
         from .engine.evaluate import format_iou_table

@@ -51,6 +51,12 @@ def test_eval_prints_one_json_line(trained_run, capsys, tmp_path):
     # the same checkpoint evaluated by the trainer at the end of training gives the same number
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert result["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-9)
+    assert result["mAcc"] == pytest.approx(metrics["mAcc"], abs=1e-9)
+    assert result["per_class_acc"].keys() == result["per_class"].keys()
+    # recall bounds IoU from above, class by class and in the mean
+    accs = result["per_class_acc"]
+    assert all(accs[c] >= iou - 1e-9 for c, iou in result["per_class"].items() if accs[c] is not None)
+    assert result["mAcc"] >= result["mIoU"] and 0.0 <= result["aAcc"] <= 100.0
 
 
 def test_eval_other_split(trained_run, capsys):

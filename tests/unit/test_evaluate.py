@@ -12,6 +12,7 @@ from u2plus.engine.evaluate import (
     center_crop,
     confusion_matrix,
     evaluate,
+    accuracy_from_confusion,
     format_iou_table,
     iou_from_confusion,
     predict_logits,
@@ -82,6 +83,31 @@ def test_absent_class_is_nan_and_excluded_but_false_positive_class_counts_zero()
     assert iou[3].item() == 0.0
     # IoU0 = 0/(2+0-0) = 0, IoU1 = 1/3, IoU2 = 1/2, IoU3 = 0
     assert miou == pytest.approx((0 + 100 / 3 + 50 + 0) / 4)
+
+
+def test_accuracy_hand_computed():
+    acc, macc, aacc = accuracy_from_confusion(confusion_matrix(PRED, TARGET, 3))
+    # conf [[1,1,0],[0,1,1],[0,0,1]]: Acc_c = tp / gt pixels of c = 1/2, 1/2, 1/1
+    assert acc.tolist() == pytest.approx([50.0, 50.0, 100.0])
+    assert macc == pytest.approx(200 / 3)
+    assert aacc == pytest.approx(60.0)  # 3 of 5 counted pixels right
+    # mAcc >= mIoU here (66.67 vs 44.44): the two are different metrics
+    assert macc > iou_from_confusion(confusion_matrix(PRED, TARGET, 3))[1]
+
+
+def test_accuracy_absent_class_is_nan_and_subset():
+    pred = PRED.clone()
+    pred[0, 0] = 3  # class 3 predicted, never in the ground truth: no accuracy (NaN), not 0
+    acc, macc, aacc = accuracy_from_confusion(confusion_matrix(pred, TARGET, 4))
+    assert math.isnan(acc[3].item())
+    assert acc[0].item() == 0.0
+    assert macc == pytest.approx((0 + 50 + 100) / 3)
+    assert aacc == pytest.approx(40.0)
+    acc, macc, aacc = accuracy_from_confusion(confusion_matrix(PRED, TARGET, 3), [1, 2])
+    assert macc == pytest.approx(75.0)
+    assert aacc == pytest.approx(200 / 3)  # rows 1, 2: 2 of 3 pixels
+    with pytest.raises(ValueError):
+        accuracy_from_confusion(torch.zeros(2, 3))
 
 
 def test_eval_classes_subset():
@@ -333,9 +359,15 @@ def test_evaluate_known_miou_with_ignore_absent_class_and_subset():
     assert res["num_images"] == 2
     full = evaluate(model3, loader, 3, class_names=["a", "b", "c"])
     assert full["mIoU"] == pytest.approx((50 + 200 / 3) / 2)  # c (NaN) left out of the mean
+    # accuracy = tp / gt pixels: a 2/4 = 50, b 4/4 = 100; mAcc over subset [1]; aAcc over row b
+    assert res["per_class_acc"] == {"a": pytest.approx(50.0), "b": pytest.approx(100.0), "c": None}
+    assert res["mAcc"] == pytest.approx(100.0) and res["aAcc"] == pytest.approx(100.0)
+    assert full["mAcc"] == pytest.approx(75.0) and full["aAcc"] == pytest.approx(75.0)
     table = format_iou_table(res)
     assert "50.00" in table and "66.67" in table and "n/a" in table
     assert table.splitlines()[-2].startswith("mIoU1") and "66.67" in table.splitlines()[-2]
+    assert "mAcc 100.00, aAcc 100.00" in table.splitlines()[-2]
+    assert table.splitlines()[2].split() == ["a", "50.00", "50.00", "(not", "in", "mean)"]
 
 
 def test_evaluate_center_crop_crops_the_mask_and_restores_train_mode():

@@ -36,6 +36,7 @@ __all__ = [
     "MODES",
     "confusion_matrix",
     "iou_from_confusion",
+    "accuracy_from_confusion",
     "center_crop",
     "predict_logits",
     "evaluate",
@@ -101,6 +102,36 @@ def iou_from_confusion(
     sel = sel[~torch.isnan(sel)]
     miou = float(sel.mean()) if sel.numel() else math.nan
     return iou, miou
+
+
+def accuracy_from_confusion(
+    conf: Tensor, classes: Optional[Sequence[int]] = None
+) -> tuple[Tensor, float, float]:
+    """Per-class accuracy, mean class accuracy (mAcc) and overall pixel accuracy (aAcc), in percent.
+
+    Per-class accuracy is recall, ``tp / (ground-truth pixels of the class)``: NaN for a class
+    absent from the ground truth, left out of mAcc. aAcc is ``sum(tp) / counted pixels``. With
+    ``classes`` both means use only those classes' ground-truth rows. Many CamVid/SegNet tables
+    report mAcc ("class average accuracy") beside or instead of mIoU; it is always >= the mIoU
+    of the same classes, often by 10 points, so the two must not be compared with each other.
+    """
+    if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
+        raise ValueError(f"confusion matrix must be square [C, C], got {tuple(conf.shape)}")
+    conf = conf.detach().to("cpu", torch.float64)
+    tp = conf.diagonal()
+    rows = conf.sum(1)
+    acc = torch.where(rows > 0, tp / rows.clamp_min(1.0), torch.full_like(tp, math.nan)) * 100.0
+    if classes is not None:
+        idx = torch.as_tensor(list(classes), dtype=torch.int64)
+        if idx.numel() and (idx.min() < 0 or idx.max() >= acc.numel()):
+            raise ValueError(f"eval classes {list(classes)} outside 0..{acc.numel() - 1}")
+        sel, tp, rows = acc[idx], tp[idx], rows[idx]
+    else:
+        sel = acc
+    sel = sel[~torch.isnan(sel)]
+    macc = float(sel.mean()) if sel.numel() else math.nan
+    aacc = float(tp.sum() / rows.sum() * 100.0) if rows.sum() > 0 else math.nan
+    return acc, macc, aacc
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,8 +325,9 @@ def evaluate(
     ``nn.Module`` in training mode it is switched to eval mode for the run and restored after.
 
     Returns ``{"mIoU": float (percent; NaN if nothing was counted), "per_class": {name: IoU
-    percent or None}, "num_images": int, "confusion": [[int]] (rows = ground truth),
-    "eval_classes": list[int] | None}``.
+    percent or None}, "mAcc": mean class accuracy, "aAcc": pixel accuracy, "per_class_acc":
+    {name: accuracy percent or None} (see :func:`accuracy_from_confusion`), "num_images": int,
+    "confusion": [[int]] (rows = ground truth), "eval_classes": list[int] | None}``.
     """
     if mode not in MODES:
         raise ValueError(f"unknown eval mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -351,10 +383,16 @@ def evaluate(
             batches.close()  # type: ignore[union-attr]
 
     iou, miou = iou_from_confusion(conf, eval_classes)
+    acc, macc, aacc = accuracy_from_confusion(conf, eval_classes)
     return {
         "mIoU": miou,
         "per_class": {
             n: (None if math.isnan(v) else float(v)) for n, v in zip(names, iou.tolist())
+        },
+        "mAcc": macc,
+        "aAcc": aacc,
+        "per_class_acc": {
+            n: (None if math.isnan(v) else float(v)) for n, v in zip(names, acc.tolist())
         },
         "num_images": num_images,
         "confusion": conf.cpu().tolist(),
@@ -363,26 +401,34 @@ def evaluate(
 
 
 def format_iou_table(result: dict) -> str:
-    """A text table: one class a line with its IoU (2 decimals, ``n/a`` for absent), then mIoU.
+    """A text table: one class a line with its IoU and, when the result has them, its accuracy
+    (2 decimals, ``n/a`` for absent), then the mIoU line (with mAcc and aAcc beside it).
 
     Classes outside ``result["eval_classes"]`` (when set) are marked as not in the mean.
     """
     per_class = result["per_class"]
+    per_acc = result.get("per_class_acc")
     subset = result.get("eval_classes")
     names = list(per_class)
     in_mean = set(range(len(names))) if subset is None else set(subset)
     label = "mIoU" if subset is None else f"mIoU{len(in_mean)}"
     width = max([len("class"), len(label)] + [len(n) for n in names])
-    lines = [f"{'class':<{width}}  {'IoU':>6}", "-" * (width + 8)]
+
+    def fmt(v) -> str:
+        return "n/a" if v is None or math.isnan(v) else f"{v:.2f}"
+
+    header = f"{'class':<{width}}  {'IoU':>6}" + (f"  {'Acc':>6}" if per_acc else "")
+    rule = "-" * len(header)
+    lines = [header, rule]
     for i, name in enumerate(names):
-        v = per_class[name]
-        cell = "n/a" if v is None else f"{v:.2f}"
-        note = "" if i in in_mean else "  (not in mIoU)"
-        lines.append(f"{name:<{width}}  {cell:>6}{note}")
-    lines.append("-" * (width + 8))
-    miou = result["mIoU"]
-    cell = "n/a" if miou is None or math.isnan(miou) else f"{miou:.2f}"
-    lines.append(f"{label:<{width}}  {cell:>6}")
+        acc_cell = f"  {fmt(per_acc.get(name)):>6}" if per_acc else ""
+        note = "" if i in in_mean else "  (not in mean)"
+        lines.append(f"{name:<{width}}  {fmt(per_class[name]):>6}{acc_cell}{note}")
+    lines.append(rule)
+    summary = f"{label:<{width}}  {fmt(result['mIoU']):>6}"
+    if "mAcc" in result:
+        summary += f"  (mAcc {fmt(result['mAcc'])}, aAcc {fmt(result.get('aAcc'))})"
+    lines.append(summary)
     if "num_images" in result:
         lines.append(f"({result['num_images']} images)")
     return "\n".join(lines)

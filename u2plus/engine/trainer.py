@@ -263,6 +263,7 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
             res = evaluate_main()
             if main:
                 writer.add_scalar("val/mIoU", res["mIoU"], done)
+                writer.add_scalar("val/mAcc", res["mAcc"], done)
                 bar.write(f"step {done}: val mIoU {res['mIoU']:.2f}")
     bar.close()
     train_time = time.time() - t0
@@ -272,9 +273,11 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
     if not main:
         return {}
     writer.add_scalar("val/mIoU", result["mIoU"], max_iters)
+    writer.add_scalar("val/mAcc", result["mAcc"], max_iters)
     writer.close()
     metrics = {
-        "mIoU": result["mIoU"], "per_class": result["per_class"], "split": cfg.data.val_split,
+        "mIoU": result["mIoU"], "per_class": result["per_class"], "mAcc": result["mAcc"],
+        "aAcc": result["aAcc"], "per_class_acc": result["per_class_acc"], "split": cfg.data.val_split,
         "method": cfg.method.name, "steps": max_iters, "train_seconds": round(train_time, 1),
         "seconds_per_step": round(train_time / max(max_iters - start_step, 1), 4),
         "labeled_images": len(labeled), "unlabeled_images": len(unlabeled) if unlabeled is not None else 0,
