@@ -2,8 +2,8 @@
 
     python bench/metric_candidates.py runs/bench/suponly_1-8_it600_s1 runs/bench/suponly_1-8_s1
 
-For each run folder (``config.yaml`` + ``last.pt``) the val split is predicted once, with the
-run's own eval settings, and one JSON line is printed with:
+For each run folder (its ``last.pt``) the val split is predicted once, with the run's own
+eval settings, and one JSON line is printed with:
 
 - ``mIoU``: u2plus's metric, one confusion matrix over the whole split (as ``u2plus eval``);
 - ``mAcc`` / ``aAcc``: mean class accuracy (recall) and pixel accuracy from the same matrix;
@@ -25,32 +25,17 @@ import json
 
 import torch
 
-from u2plus.config import load_config
-from u2plus.engine.checkpoint import load_checkpoint
-from u2plus.engine.evaluate import (accuracy_from_confusion, confusion_matrix, iou_from_confusion,
-                                    predict_logits)
-from u2plus.engine.inference import load_trained_model
-from u2plus.engine.trainer import build_eval_loader, normalisation
+from u2plus.engine.evaluate import accuracy_from_confusion, iou_from_confusion
+from u2plus.engine.inference import load_for_inference
+from u2plus.engine.trainer import build_eval_loader, normalisation, run_evaluation
 
 
 def per_image_confusions(run: str) -> list[torch.Tensor]:
-    cfg = load_config(f"{run}/config.yaml", [])
-    model = load_trained_model(cfg, load_checkpoint(f"{run}/last.pt"), torch.device("cpu")).eval()
-    mean, std = normalisation(cfg, model)
-    dataset, loader = build_eval_loader(cfg, cfg.data.val_split, mean, std)
-    e = cfg.eval
-    confs = []
-    with torch.inference_mode():
-        for batch in loader:
-            images = batch["image"].as_subclass(torch.Tensor).float()
-            masks = batch["mask"].as_subclass(torch.Tensor).long()
-            logits = predict_logits(model.predict, images, dataset.num_classes, mode=e.mode,
-                                    crop_size=tuple(e.crop_size), stride=tuple(e.stride) if e.stride else None,
-                                    scales=tuple(e.scales), flip=bool(e.flip))
-            pred = logits.max(1).indices
-            confs += [confusion_matrix(p, m, dataset.num_classes, cfg.data.ignore_index)
-                      for p, m in zip(pred, masks)]
-    return confs
+    """One confusion matrix per val image, predicted as ``u2plus eval`` does (the run's eval mode)."""
+    _, cfg, model, _, device = load_for_inference(f"{run}/last.pt", "cpu")
+    cfg.eval.batch_size = 1
+    dataset, loader = build_eval_loader(cfg, cfg.data.val_split, *normalisation(cfg, model))
+    return [torch.tensor(run_evaluation(cfg, model, [batch], dataset, device)["confusion"]) for batch in loader]
 
 
 def candidates(confs: list[torch.Tensor]) -> dict:
