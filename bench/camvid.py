@@ -1,13 +1,20 @@
-"""Run CamVid configs and append their val mIoU to bench/RESULTS.md.
+"""Train CamVid configs and record each run: one JSON line in bench/results.jsonl and a row in
+bench/RESULTS.md.
 
     python bench/camvid.py configs/camvid/suponly_1-8.yaml configs/camvid/suponly_full.yaml \
-        --set train.num_threads=1 --parallel 2
+        --set train.num_threads=1 data.num_workers=1 --parallel 2 --runs ../runs/bench
 
-Each config trains with ``u2plus train`` into runs/bench/<name>_s<seed>, then one row per run is
-appended to the results table: config, seed, labeled images, steps, val mIoU, val mean class
-accuracy (mAcc, "-" for runs that predate it), wall time, the exact command and the machine.
-``--parallel N`` runs N trainings at once (use train.num_threads=1 with N=2 on a 2-core machine:
-faster in total than one 2-thread run after another).
+Each config trains with ``u2plus train ... resume=auto`` into ``<runs>/<name><tag>_s<seed>`` (a
+killed benchmark continues where it stopped when started again). With ``train.eval_every=K`` the
+run evaluates every K steps (the EMA teacher for semi-supervised methods, the student for SupOnly)
+and the curve is recorded. The JSON line holds config, method, labeled / unlabeled counts, seed,
+steps, image size, crop, batches, final and best val mIoU, per-class IoU, mAcc, the curve, wall
+seconds, the exact command, the commit and the machine; the RESULTS.md row the headline numbers.
+
+``--record RUN_DIR ...`` records finished run folders instead of training (e.g. runs started by
+hand with ``u2plus train``; their command is rebuilt from the folder's config).
+``--parallel N`` runs N trainings at once (with train.num_threads=1 and N=2 on a 2-core machine:
+faster in total than one 2-thread run after another). ``bench/plot_curves.py`` draws the curves.
 """
 
 from __future__ import annotations
@@ -24,9 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "RESULTS.md"
 ENV = {"MALLOC_MMAP_THRESHOLD_": "17179869184", "MALLOC_TRIM_THRESHOLD_": "17179869184",
        "MALLOC_TOP_PAD_": "1073741824"}
+SECTIONS = {"suponly": "## CamVid SupOnly", "semi": "## CamVid semi-supervised"}
 
 
 def machine() -> str:
@@ -44,34 +51,82 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {dev}, torch {torch.__version__}, {platform.system()}"
 
 
-def run_one(config: str, seed: int, extra: list[str], tag: str) -> dict:
-    name = Path(config).stem
-    out_dir = REPO / "runs" / "bench" / f"{name}{tag}_s{seed}"
-    cmd = [sys.executable, "-m", "u2plus", "train", config, f"seed={seed}", f"out_dir={out_dir}", *extra]
-    log = out_dir.with_suffix(".log")
-    log.parent.mkdir(parents=True, exist_ok=True)
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "u2plus", "configs"],
+                               cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def run_one(config: str, seed: int, extra: list[str], tag: str, runs: Path) -> Path:
+    """Train (or continue) one run; returns its folder."""
+    out_dir = runs / f"{Path(config).stem}{tag}_s{seed}"
+    cmd = [sys.executable, "-m", "u2plus", "train", config, f"seed={seed}", f"out_dir={out_dir}",
+           "resume=auto", *extra]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    with open(log, "w") as f:
+    with open(out_dir.with_suffix(".log"), "a") as f:
         proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **ENV}, stdout=f, stderr=subprocess.STDOUT)
-    wall = time.time() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed, see {log}")
+        raise RuntimeError(f"{shlex.join(cmd)} failed, see {out_dir.with_suffix('.log')}")
+    display = ["u2plus", "train", os.path.relpath(config, REPO), f"seed={seed}", f"out_dir={out_dir}",
+               "resume=auto", *extra]
+    (out_dir / "bench_command.txt").write_text(shlex.join(display) + "\n")
+    (out_dir / "bench_wall_seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
+    return out_dir
+
+
+def image_size(cfg: dict) -> list[int] | None:
+    """[height, width] of the val images as trained on (first val image, after data.resize_factor)."""
+    data = cfg["data"]
+    folder = Path(data["root"]) if Path(data["root"]).is_absolute() else REPO / data["root"]
+    try:
+        from PIL import Image
+
+        first = sorted((folder / data["val_split"]).iterdir())[0]
+        w, h = Image.open(first).size
+    except (OSError, IndexError):
+        return None
+    f = float(data.get("resize_factor", 1.0))
+    return [round(h * f), round(w * f)]
+
+
+def run_record(out_dir: Path) -> dict:
+    """The JSON line of a finished run folder."""
+    from omegaconf import OmegaConf
+
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    display = ["u2plus", "train", os.path.relpath(config, REPO), f"seed={seed}",
-               f"out_dir={os.path.relpath(out_dir, REPO)}", *extra]
-    return {"config": name, "seed": seed, "labeled": metrics["labeled_images"], "steps": metrics["steps"],
-            "mIoU": metrics["mIoU"], "mAcc": metrics.get("mAcc"), "wall_min": wall / 60,
-            "sec_per_step": metrics["seconds_per_step"],
-            "command": shlex.join(display)}
+    cfg = OmegaConf.to_container(OmegaConf.load(out_dir / "config.yaml"))
+    command_file = out_dir / "bench_command.txt"
+    command = command_file.read_text().strip() if command_file.exists() else f"u2plus train {out_dir}/config.yaml"
+    wall_file = out_dir / "bench_wall_seconds.txt"
+    wall = float(wall_file.read_text()) if wall_file.exists() else metrics["train_seconds"]
+    curve = [{"step": p["step"], "mIoU": round(p["mIoU"], 2),
+              "per_class": {k: round(v, 2) for k, v in p.get("per_class", {}).items()}}
+             for p in metrics.get("curve", [])]
+    d = cfg["data"]
+    return {
+        "run": out_dir.name, "config": Path(command.split()[2]).stem if command.startswith("u2plus train") else "",
+        "method": cfg["method"]["name"], "labeled": metrics["labeled_images"],
+        "unlabeled": metrics["unlabeled_images"], "seed": cfg["seed"], "steps": metrics["steps"],
+        "image_size": image_size(cfg), "crop": d["crop_size"], "batch": d["batch_size"],
+        "unlabeled_batch": d["unlabeled_batch_size"] if metrics["unlabeled_images"] else 0,
+        "init_from": cfg["train"].get("init_from"),
+        "mIoU": round(metrics["mIoU"], 2), "best_mIoU": round(metrics.get("best_mIoU", metrics["mIoU"]), 2),
+        "best_step": metrics.get("best_step", metrics["steps"]), "mAcc": round(metrics["mAcc"], 2),
+        "per_class": {k: round(v, 2) for k, v in metrics["per_class"].items()}, "curve": curve,
+        "wall_seconds": round(wall), "seconds_per_step": metrics["seconds_per_step"], "command": command,
+        "commit": commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
 
 
-SECTIONS = {"suponly": "## CamVid SupOnly", "semi": "## CamVid semi-supervised"}
-
-
-def add_to_section(block: str, heading: str) -> None:
+def add_to_section(results: Path, block: str, heading: str) -> None:
     """Insert ``block`` at the end of the RESULTS.md section whose heading starts with
     ``heading`` (before the next ``## `` heading); append it when there is no such section."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    text = results.read_text() if results.exists() else "# Benchmark results\n"
     start = text.find("\n" + heading)
     if start < 0:
         text = text.rstrip("\n") + "\n" + block
@@ -79,43 +134,56 @@ def add_to_section(block: str, heading: str) -> None:
         end = text.find("\n## ", start + 1)
         end = len(text) if end < 0 else end
         text = text[:end].rstrip("\n") + "\n" + block + text[end:]
-    RESULTS.write_text(text)
+    results.write_text(text)
 
 
-def append_rows(rows: list[dict], note: str, section: str) -> None:
-    header = ("| config | seed | labeled | steps | val mIoU | val mAcc | wall (min) | s/step | command |\n"
-              "|---|---|---|---|---|---|---|---|---|\n")
-    lines = [f"\n### {time.strftime('%Y-%m-%d %H:%M')} — {note}\n", f"Machine: {machine()}\n\n", header]
+def record(rows: list[dict], note: str, section: str, bench_dir: Path) -> None:
+    """Append the JSON lines to results.jsonl and one block to RESULTS.md."""
+    with open(bench_dir / "results.jsonl", "a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    header = ("| run | method | labeled | steps | final mIoU | best mIoU (step) | mAcc | wall (min) | s/step | command |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = [f"\n### {time.strftime('%Y-%m-%d %H:%M')} — {note}\n",
+             f"Machine: {rows[0]['machine']}; commit {rows[0]['commit']}; curves and per-class IoU in "
+             "`bench/results.jsonl`.\n\n", header]
     for r in rows:
-        macc = "-" if r["mAcc"] is None else f"{r['mAcc']:.2f}"
-        lines.append(f"| {r['config']} | {r['seed']} | {r['labeled']} | {r['steps']} | {r['mIoU']:.2f} | {macc} | "
-                     f"{r['wall_min']:.1f} | {r['sec_per_step']:.2f} | `{r['command']}` |\n")
-    add_to_section("".join(lines), SECTIONS[section])
+        lines.append(f"| {r['run']} | {r['method']} | {r['labeled']} | {r['steps']} | {r['mIoU']:.2f} | "
+                     f"{r['best_mIoU']:.2f} ({r['best_step']}) | {r['mAcc']:.2f} | {r['wall_seconds'] / 60:.1f} | "
+                     f"{r['seconds_per_step']:.2f} | `{r['command']}` |\n")
+    add_to_section(bench_dir / "RESULTS.md", "".join(lines), SECTIONS[section])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("configs", nargs="+")
+    p.add_argument("configs", nargs="*", help="configs to train (or run folders with --record)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for every run")
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--tag", default="", help="suffix of the run folders")
+    p.add_argument("--runs", type=Path, default=REPO / "runs" / "bench", help="folder of the run folders")
+    p.add_argument("--bench-dir", type=Path, default=REPO / "bench",
+                   help="where results.jsonl and RESULTS.md are (another checkout's bench/ when this "
+                        "script runs from a worktree)")
+    p.add_argument("--record", action="store_true", help="record finished run folders, train nothing")
     p.add_argument("--note", default="CamVid val", help="heading of the appended results block")
     p.add_argument("--section", choices=("auto", *SECTIONS), default="auto",
-                   help="RESULTS.md section of the block (auto: suponly when every config is SupOnly)")
+                   help="RESULTS.md section of the block (auto: suponly when every run is SupOnly)")
     args = p.parse_args()
-    jobs = [(c, s) for c in args.configs for s in args.seeds]
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        futures = [pool.submit(run_one, c, s, args.set, args.tag) for c, s in jobs]
-        rows = []
-        for fut in futures:
-            row = fut.result()
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    runs = args.runs.resolve()
+    if args.record:
+        folders = [Path(c) for c in args.configs]
+    else:
+        jobs = [(c, s) for c in args.configs for s in args.seeds]
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            folders = list(pool.map(lambda job: run_one(*job, args.set, args.tag, runs), jobs))
+    rows = [run_record(f) for f in folders]
+    for r in rows:
+        print(json.dumps({k: r[k] for k in ("run", "mIoU", "best_mIoU", "best_step", "wall_seconds")}), flush=True)
     section = args.section
     if section == "auto":
-        section = "suponly" if all(Path(c).stem.startswith("suponly") for c in args.configs) else "semi"
-    append_rows(rows, args.note, section)
+        section = "suponly" if all(r["method"] == "suponly" for r in rows) else "semi"
+    record(rows, args.note, section, args.bench_dir.resolve())
 
 
 if __name__ == "__main__":

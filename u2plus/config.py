@@ -105,8 +105,12 @@ class TrainConfig:
     class_weights: Any = None
     amp: str = "off"  # off | bf16 | fp16 (autocast; fp16 adds a GradScaler); losses stay fp32
     channels_last: bool = False  # NHWC memory format for model and images (faster on GPUs)
+    # Initial weights of the network from another run: its last.pt or its folder. The model that
+    # run evaluated (its EMA teacher, or its student) initialises the student (and the teacher);
+    # step, optimiser and schedule start afresh. E.g. a semi-supervised stage after a SupOnly run.
+    init_from: Optional[str] = None
     checkpoint_every: int = 200
-    eval_every: int = 0  # 0: only at the end
+    eval_every: int = 0  # 0: only at the end; else val mIoU every N steps (the curve in metrics.json)
     log_every: int = 10
     deterministic: bool = False
     num_threads: int = 0  # 0: leave torch's default

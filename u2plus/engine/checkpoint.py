@@ -44,6 +44,22 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"cannot load checkpoint {path}: {e}") from None
 
 
+def evaluated_model_weights(path: str | Path) -> dict:
+    """State dict of the network a training run evaluated (its EMA teacher where the method
+    evaluates the teacher, else its student), from the run's ``last.pt`` or its folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    state = load_checkpoint(path)
+    weights = state.get("method")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path} holds no trained model (was it written by u2plus train?)")
+    method = (state.get("config") or {}).get("method") or {}
+    prefix = "teacher." if method.get("eval_teacher", True) and any(k.startswith("teacher.") for k in weights) \
+        else "student."
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():

@@ -30,7 +30,7 @@ from ..errors import CheckpointError, ConfigError
 from ..losses.supervised import median_frequency_weights
 from ..methods import StepContext, build_method, method_class
 from ..models import build_segmentor
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import evaluated_model_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistInfo, init_distributed, shutdown_distributed
 from .evaluate import evaluate, format_iou_table
 from .optim import build_optimizer, build_scheduler
@@ -134,6 +134,10 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
 
     # --- model, method, optimisation ----------------------------------------------------
     model = build_segmentor(cfg.model, labeled.num_classes)
+    if cfg.train.init_from:
+        _init_weights(model, cfg.train.init_from)
+        if main:
+            print(f"initial weights from {cfg.train.init_from}")
     mean, std = normalisation(cfg, model)
     labeled.transform = TrainTransform(cfg.data, mean, std, strong=False)
     if unlabeled is not None:
@@ -165,6 +169,7 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
 
     start_step = 0
+    curve: list[dict] = []  # val mIoU every train.eval_every steps
     resume_path = _resume_path(cfg, out_dir)
     if resume_path is not None:
         state = load_checkpoint(resume_path)
@@ -173,6 +178,7 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
+        curve = list(state.get("curve", []))
         per_rank = state.get("rng_per_rank") or [state["rng"]]
         if len(per_rank) == info.world_size:  # same process count: exact continuation
             set_rng_state(per_rank[info.rank])
@@ -208,16 +214,20 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rngs[0],
                 "rng_per_rank": rngs, "world_size": info.world_size,
                 "config": OmegaConf.to_container(cfg), "num_classes": labeled.num_classes,
-                "class_names": labeled.class_names,
+                "class_names": labeled.class_names, "curve": curve,
             }, out_dir / "last.pt")
         comm.barrier()
 
-    def evaluate_main():
-        """Rank 0 evaluates; the others wait."""
+    def evaluate_main(step: int):
+        """Rank 0 evaluates (and adds a point to the curve); the others wait."""
         res = None
         if main:
             v_set, v_loader = build_eval_loader(cfg, cfg.data.val_split, mean, std)
             res = run_evaluation(cfg, method.eval_model(), v_loader, v_set, device)
+            curve[:] = [p for p in curve if p["step"] != step]  # a resumed finished run re-evaluates
+            curve.append({"step": step, "mIoU": res["mIoU"], "mAcc": res["mAcc"], "per_class": res["per_class"]})
+            writer.add_scalar("val/mIoU", res["mIoU"], step)
+            writer.add_scalar("val/mAcc", res["mAcc"], step)
         comm.barrier()
         return res
 
@@ -257,23 +267,18 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
                 if device.type == "cuda":
                     writer.add_scalar("sys/cuda_max_allocated_mib", torch.cuda.max_memory_allocated(device) / 2**20, done)
                 bar.set_postfix(_progress_fields(scalars, optimizer.param_groups[0]["lr"]), refresh=False)
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < max_iters:
+            res = evaluate_main(done)
+            if main:
+                bar.write(f"step {done}: val mIoU {res['mIoU']:.2f}")
         if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 and done < max_iters:
             checkpoint(done)
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < max_iters:
-            res = evaluate_main()
-            if main:
-                writer.add_scalar("val/mIoU", res["mIoU"], done)
-                writer.add_scalar("val/mAcc", res["mAcc"], done)
-                bar.write(f"step {done}: val mIoU {res['mIoU']:.2f}")
     bar.close()
     train_time = time.time() - t0
+    result = evaluate_main(max_iters)  # before the final checkpoint, which keeps the whole curve
     checkpoint(max_iters)
-
-    result = evaluate_main()
     if not main:
         return {}
-    writer.add_scalar("val/mIoU", result["mIoU"], max_iters)
-    writer.add_scalar("val/mAcc", result["mAcc"], max_iters)
     writer.close()
     metrics = {
         "mIoU": result["mIoU"], "per_class": result["per_class"], "mAcc": result["mAcc"],
@@ -281,11 +286,24 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
         "method": cfg.method.name, "steps": max_iters, "train_seconds": round(train_time, 1),
         "seconds_per_step": round(train_time / max(max_iters - start_step, 1), 4),
         "labeled_images": len(labeled), "unlabeled_images": len(unlabeled) if unlabeled is not None else 0,
-        "processes": info.world_size,
+        "processes": info.world_size, "curve": curve,
+        "best_mIoU": max(p["mIoU"] for p in curve), "best_step": max(curve, key=lambda p: p["mIoU"])["step"],
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(format_iou_table(result))
     return metrics
+
+
+def _init_weights(model, source: str) -> None:
+    """Load ``train.init_from`` (a run folder or checkpoint) into ``model``; a mismatch (other
+    encoder, other class count) is an error naming the first differing weights."""
+    weights = evaluated_model_weights(source)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:3]
+        raise CheckpointError(f"train.init_from={source} does not fit this model: "
+                              + " ".join(line.strip() for line in first)) from None
 
 
 def _reduce_logs(loss: torch.Tensor, logs: dict, num_classes: int, comm) -> tuple[dict, dict]:
