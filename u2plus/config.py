@@ -73,6 +73,9 @@ class ModelConfig:
     aspp_rates: list = field(default_factory=lambda: [6, 12, 18])
     aspp_separable: bool = False
     aspp_dropout: float = 0.1
+    # normalisation of ASPP's image-pooling branch: none | groupnorm | batchnorm (the original,
+    # whose running variance collapses over small batches; see models/deeplabv3plus.py)
+    aspp_pooling_norm: str = "none"
     rep_head: bool = True
     rep_dim: int = 256
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
@@ -135,19 +138,30 @@ class MethodConfig:
     ema_momentum: float = 0.99  # max EMA momentum of the teacher (0.999 for DA)
     eval_teacher: bool = True  # evaluate / export the EMA teacher (else the student)
     sup_only_epochs: float = 0.0  # first epochs train with L_s alone
-    # true: during those epochs the teacher is a copy of the student and the EMA warm-up of
-    # m_t (METHOD step 11) counts from the first semi-supervised step, as in the reference
-    # code; false: m_t counts from step 0 (identical when sup_only_epochs = 0)
-    ema_from_semi_start: bool = False
+    # true (METHOD step 11): during those epochs the teacher is a copy of the student and the
+    # EMA warm-up of m_t counts from the first semi-supervised step, as in the reference code;
+    # false: m_t counts from step 0, so the first teacher averages the untrained early students
+    # (identical when sup_only_epochs = 0)
+    ema_from_semi_start: bool = True
+    # m_t = min(1 - 1/(t + 1), ema_momentum) from the first semi-supervised step (METHOD step 11);
+    # false: ema_momentum at once (a teacher that starts trained, e.g. train.init_from, then does
+    # not follow the student's first semi-supervised updates)
+    ema_ramp: bool = True
     # pseudo-labels (Eq. 11-14)
     alpha0: float = 0.2
     dynamic_partition: bool = True  # DPA: alpha_t = alpha0 * (1 - t/T)
+    # beyond the paper: gamma_t per class predicted by the teacher (each class keeps 1 - alpha_t
+    # of its pixels reliable), so thin and rare classes are not left without pseudo-labels
+    classwise_partition: bool = False
     eta: float = 1.0
     sce_xi1: float = 1.0
     sce_xi2: float = 0.1  # 0 = plain CE (SCE off)
     # prototypes (Eq. 15-20)
     prototype_denoising: bool = True  # PD
-    prototype_momentum: float = 0.999  # MP; 0 = in-batch centroids
+    # MP (Eq. 18); 0 = in-batch centroids. The first prototypes come from a representation head
+    # that has not trained yet; after N semi-supervised steps m**N of them is left (0.999: half
+    # after 693 steps, so lower it on short schedules; see prototype_share_left)
+    prototype_momentum: float = 0.999
     # CutMix of the strong view
     cutmix_prob: float = 0.5
     cutmix_area: list = field(default_factory=lambda: [0.02, 0.4])
@@ -279,6 +293,7 @@ def _validate(cfg: DictConfig) -> None:
         cfg.train.amp = "off"
     choices = {
         "model.decoder": ("deeplabv3plus",),
+        "model.aspp_pooling_norm": ("none", "groupnorm", "batchnorm"),
         "train.optimizer": ("sgd", "adamw"),
         "train.lr_schedule": ("poly", "linear", "constant"),
         "train.amp": ("off", "bf16", "fp16"),

@@ -199,7 +199,7 @@ def test_resume_is_exact(method, tmp_path, monkeypatch):
     full, cut = tmp_path / "full", tmp_path / "cut"
     extra = [f"method.name={method}", "data.unlabeled=camvid_demo/unlabeled.txt", "method.queue_size=500"] \
         if method != "suponly" else []
-    args = [*DEMO_OVERRIDES, *extra]
+    args = [*DEMO_OVERRIDES, *extra, "train.eval_every=2"]
     assert main(["train", DEMO_CONFIG, *args, *tiny_overrides(full)]) == 0
 
     real_save = trainer_module.save_checkpoint
@@ -227,3 +227,26 @@ def test_resume_is_exact(method, tmp_path, monkeypatch):
     for key, value in a["method"].items():
         assert torch.equal(value, b["method"][key]), key
     assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+    # the val curve (every 2 steps) survives the interruption: same points, same numbers
+    curve_a = json.loads((full / "metrics.json").read_text())["curve"]
+    curve_b = json.loads((cut / "metrics.json").read_text())["curve"]
+    assert [p["step"] for p in curve_a] == [2, 4] and curve_a == curve_b
+
+
+def test_init_from_loads_the_evaluated_network_and_rejects_another_model(trained_run, capsys, tmp_path):
+    from u2plus.config import load_config
+    from u2plus.models import build_segmentor
+
+    cfg = load_config(DEMO_CONFIG, [*DEMO_OVERRIDES, "model.pretrained=none"])
+    model = build_segmentor(cfg.model, 11)
+    trainer_module._init_weights(model, str(trained_run))  # a run folder (SupOnly: its student)
+    saved = torch.load(trained_run / "last.pt", weights_only=True)["method"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved["student." + key]), key
+    # another encoder: one line naming the option and the weights, no traceback
+    code = main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, *tiny_overrides(tmp_path / "x", steps=1),
+                 "model.encoder=resnet18", "model.pretrained=none", f"train.init_from={trained_run}/last.pt",
+                 "data.validate=false"])
+    assert code == 2
+    line = _one_error_line(capsys)
+    assert "train.init_from" in line and "does not fit" in line and "encoder." in line

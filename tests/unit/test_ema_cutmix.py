@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from u2plus.engine.ema import ema_momentum, ema_update
-from u2plus.methods.cutmix import apply_cutmix, cutmix_masks, shuffled_partner
+from u2plus.methods.cutmix import apply_cutmix, cutmix_masks, cutmix_partners
 
 
 def test_ema_momentum_schedule():
@@ -24,6 +24,12 @@ def test_ema_momentum_counts_from_start():
     assert ema_momentum(82, 0.99, start=81) == pytest.approx(0.5)
     assert ema_momentum(90, 0.99, start=81) == pytest.approx(0.9)
     assert ema_momentum(81 + 99, 0.99, start=81) == pytest.approx(0.99)
+
+
+def test_ema_momentum_without_ramp_is_the_maximum_from_start():
+    assert ema_momentum(80, 0.99, start=81, ramp=False) == 0.0
+    assert ema_momentum(81, 0.99, start=81, ramp=False) == 0.99
+    assert ema_momentum(82, 0.999, start=81, ramp=False) == 0.999
 
 
 class _Net(nn.Module):
@@ -118,7 +124,23 @@ def test_apply_cutmix_shape_mismatch_raises():
         apply_cutmix(torch.zeros(2, 4, 4, dtype=torch.bool), torch.tensor([1, 0]), torch.zeros(2, 3, 4, 5))
 
 
-def test_shuffled_partner_is_permutation():
-    p = shuffled_partner(7, torch.Generator().manual_seed(0))
-    assert p.dtype == torch.long and sorted(p.tolist()) == list(range(7))
-    assert torch.equal(p, shuffled_partner(7, torch.Generator().manual_seed(0)))
+def test_cutmix_partners_never_self_and_uniform_over_the_others():
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([cutmix_partners(4, g) for _ in range(4000)])  # [4000, 4]
+    assert draws.dtype == torch.long
+    assert not bool((draws == torch.arange(4)).any())  # METHOD step 4: never the image itself
+    # each other image is the partner a third of the time (a permutation drawn with randperm
+    # would make an image its own partner a quarter of the time at 4 images)
+    for i in range(4):
+        freq = torch.bincount(draws[:, i], minlength=4).float() / len(draws)
+        others = [j for j in range(4) if j != i]
+        assert freq[others].tolist() == pytest.approx([1 / 3] * 3, abs=0.03)
+    assert torch.equal(cutmix_partners(7, torch.Generator().manual_seed(3)),
+                       cutmix_partners(7, torch.Generator().manual_seed(3)))
+
+
+def test_cutmix_partners_of_a_single_image_leave_it_unchanged():
+    partner = cutmix_partners(1, torch.Generator().manual_seed(0))
+    assert partner.tolist() == [0]
+    x = torch.randn(1, 3, 4, 4)
+    assert torch.equal(apply_cutmix(torch.ones(1, 4, 4, dtype=torch.bool), partner, x)[0], x)

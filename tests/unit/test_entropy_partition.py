@@ -6,6 +6,7 @@ import torch
 
 from u2plus.losses.entropy import pixel_entropy
 from u2plus.losses.partition import (
+    classwise_entropy_threshold,
     entropy_threshold,
     pseudo_labels,
     reliable_mask,
@@ -109,3 +110,31 @@ def test_pseudo_labels_argmax_on_reliable_ignore_elsewhere():
     assert y.dtype == torch.long
     assert y.tolist() == [[[0, 2], [0, 255]]]
     assert pseudo_labels(_prob_2x2(), rel, ignore_index=-1)[0, 1, 1].item() == -1
+
+
+def test_classwise_threshold_hand_values():
+    # class 0: entropies 0.1, 0.2, 0.3, 0.9 -> 0.75 quantile at position 2.25: 0.3 + 0.25 * 0.6 = 0.45
+    # class 2: 1.5, 2.0 -> position 0.75: 1.5 + 0.75 * 0.5 = 1.875; class 1 absent -> 0
+    # the invalid pixel (entropy 5.0, class 2) is left out
+    entropy = torch.tensor([[0.9, 0.1, 2.0, 0.3], [0.2, 1.5, 5.0, 0.1]])
+    predicted = torch.tensor([[0, 0, 2, 0], [0, 2, 2, 3]])
+    valid = torch.tensor([[True, True, True, True], [True, True, False, True]])
+    gamma = classwise_entropy_threshold(entropy, predicted, 0.25, 4, valid)
+    assert gamma.tolist() == pytest.approx([0.45, 0.0, 1.875, 0.1])
+    assert gamma.dtype == torch.float32
+
+
+def test_classwise_threshold_matches_numpy_per_class_and_keeps_each_class_share():
+    g = torch.Generator().manual_seed(0)
+    entropy = torch.rand(2, 24, 32, generator=g)
+    predicted = torch.randint(0, 2, (2, 24, 32), generator=g)
+    predicted[torch.rand(2, 24, 32, generator=g) < 0.1] = 2  # a rare class the teacher is unsure of:
+    entropy[predicted == 2] += 1.5  # all its pixels lie above the global quantile
+    gamma = classwise_entropy_threshold(entropy, predicted, 0.2, 3)
+    for c in range(3):
+        assert gamma[c].item() == pytest.approx(np.percentile(entropy[predicted == c].numpy(), 80), rel=1e-5)
+    reliable = reliable_mask(entropy, gamma[predicted])
+    for c in range(3):
+        assert reliable[predicted == c].float().mean().item() == pytest.approx(0.8, abs=0.01)
+    # one global quantile leaves class 2 without a single reliable pixel
+    assert not bool(reliable_mask(entropy, entropy_threshold(entropy, 0.2))[predicted == 2].any())

@@ -71,6 +71,34 @@ def test_u2pl_plus_fills_queues_and_prototypes_and_logs_diagnostics():
     assert logs2["per_class/queue_fill"].shape == (NUM_CLASSES,)
 
 
+def test_classwise_partition_keeps_every_predicted_class_reliable():
+    """With ``method.classwise_partition`` each class the teacher predicts keeps ~1 - alpha_t of
+    its pixels reliable (the step's partition, seen through the pseudo-label function)."""
+    import u2plus.methods.u2pl as u2pl_module
+
+    seen = {}
+    original = u2pl_module.pseudo_labels
+
+    def spy(prob, reliable, ignore_index=255):
+        seen["predicted"], seen["reliable"] = prob.max(dim=1).indices, reliable
+        return original(prob, reliable, ignore_index)
+
+    method = make_method("selftrain", "method.classwise_partition=true")
+    method.train()
+    labeled, unlabeled = batches(0)
+    u2pl_module.pseudo_labels = spy
+    try:
+        _, logs = method.training_step(labeled, unlabeled, StepContext(0, 10, 5))
+    finally:
+        u2pl_module.pseudo_labels = original
+    classes, counts = seen["predicted"].unique(return_counts=True)
+    assert len(classes) >= 2 and int((counts >= 90).sum()) >= 2
+    for c in classes[counts >= 90].tolist():
+        share = seen["reliable"][seen["predicted"] == c].float().mean().item()
+        assert share == pytest.approx(0.8, abs=0.02), c
+    assert torch.isfinite(torch.as_tensor(logs["gamma"]))
+
+
 def test_switches_select_components():
     selftrain = make_method("selftrain")
     assert selftrain.queues is None and selftrain.prototypes is None
@@ -147,20 +175,29 @@ def test_crop_padding_of_unlabeled_images_is_never_pseudo_labelled(monkeypatch):
     assert float(logs["lambda_u"]) == pytest.approx(int(valid.sum()) / n_rel)
 
 
-def test_ema_from_semi_start_copies_student_through_warmup():
-    # iters_per_epoch 5, 0.4 epochs of L_s alone: steps 0-1 warm-up, step 2 the first
-    # semi-supervised step (m = 0 there too), step 3 m = 0.5
-    method = make_method("u2pl_plus", "method.sup_only_epochs=0.4", "method.ema_from_semi_start=true")
-    out = run_steps(method, steps=3)
-    assert [set(logs) == {"loss_sup"} for _, logs in out] == [True, True, False]
-    for t, s in zip(method.teacher.parameters(), method.student.parameters()):
-        assert torch.equal(t, s)
+def _same_weights(a, b) -> bool:
+    """Parameters and buffers (BN statistics included) equal bit for bit."""
+    return all(torch.equal(x, y) for x, y in zip(list(a.parameters()) + list(a.buffers()),
+                                                   list(b.parameters()) + list(b.buffers())))
+
+
+def test_teacher_copies_student_through_warmup_and_first_semi_step_by_default():
+    # METHOD step 11 (the default): iters_per_epoch 5, 0.4 epochs of L_s alone: steps 0-1
+    # warm-up, step 2 the first semi-supervised step (m = 0 there too), step 3 m = 0.5
+    method = make_method("u2pl_plus", "method.sup_only_epochs=0.4")
+    assert method.m.ema_from_semi_start
+    kinds = []
+    for step in range(3):
+        (_, logs), = run_steps(method, steps=1, first_step=step)
+        kinds.append(set(logs) == {"loss_sup"})
+        assert _same_weights(method.teacher, method.student), step
+    assert kinds == [True, True, False]
     run_steps(method, steps=1, first_step=3)
-    assert any(not torch.equal(t, s) for t, s in zip(method.teacher.parameters(), method.student.parameters()))
-    counting_from_zero = make_method("u2pl_plus", "method.sup_only_epochs=0.4")
-    run_steps(counting_from_zero, steps=2)  # step 1: m = 0.5, the teacher lags the student
-    assert any(not torch.equal(t, s) for t, s in zip(counting_from_zero.teacher.parameters(),
-                                                      counting_from_zero.student.parameters()))
+    assert not _same_weights(method.teacher, method.student)
+    # the literal reading (m_t counted from step 0): at step 1 m = 0.5, the teacher lags
+    counting_from_zero = make_method("u2pl_plus", "method.sup_only_epochs=0.4", "method.ema_from_semi_start=false")
+    run_steps(counting_from_zero, steps=2)
+    assert not _same_weights(counting_from_zero.teacher, counting_from_zero.student)
 
 
 @pytest.mark.parametrize("name", ["suponly", "u2pl_plus"])

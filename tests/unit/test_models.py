@@ -178,3 +178,38 @@ def test_pair_by_order_renames_and_checks_shapes():
 def test_bundled_weight_file_exists():
     path = bundled_weight_file("tf_efficientnet_lite0")
     assert isinstance(path, Path) and path.is_file()
+
+
+@pytest.mark.parametrize("norm", ["none", "groupnorm", "batchnorm"])
+def test_aspp_pooling_branch_in_eval_mode_after_similar_training_batches(norm):
+    """Training batches whose pooled vectors barely differ (street scenes) drive a BatchNorm's
+    running variance in the image-pooling branch towards 0; in eval mode a slightly different
+    image then blows the branch up. Without that BatchNorm (the default) it stays bounded."""
+    from u2plus.models.deeplabv3plus import DeepLabV3PlusDecoder
+
+    torch.manual_seed(0)
+    decoder = DeepLabV3PlusDecoder([8, 16], [4, 16], channels=32, pooling_norm=norm)
+    pooling = decoder.aspp[0].convs[-1]
+    assert isinstance(pooling[2], {"none": torch.nn.Identity, "groupnorm": torch.nn.GroupNorm,
+                                   "batchnorm": torch.nn.BatchNorm2d}[norm])
+    g = torch.Generator().manual_seed(1)
+    deep_train = lambda: 1.0 + 1e-3 * torch.randn(8, 16, 6, 6, generator=g)  # noqa: E731
+    decoder.train()
+    with torch.no_grad():
+        for _ in range(100):
+            pooling(deep_train())
+    decoder.eval()
+    with torch.no_grad():
+        seen = pooling(deep_train()).abs().max().item()
+        shifted = pooling(deep_train() + 0.3).abs().max().item()  # another image: brighter on average
+    if norm == "batchnorm":
+        assert shifted > 50 * max(seen, 1.0)
+    else:
+        assert shifted < 5 * max(seen, 1e-3) + 5.0
+
+
+def test_unknown_aspp_pooling_norm():
+    from u2plus.models.deeplabv3plus import DeepLabV3PlusDecoder
+
+    with pytest.raises(ValueError, match="pooling_norm"):
+        DeepLabV3PlusDecoder([8, 16], [4, 16], channels=32, pooling_norm="layernorm")

@@ -119,3 +119,21 @@ def test_prototype_weights_stay_float32_under_autocast():
         amp = prototype_weights(z, protos, init)
     assert amp.dtype == torch.float32
     assert torch.allclose(amp, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum, steps", [(0.999, 693), (0.99, 50), (0.9, 7)])
+def test_first_centroid_share_after_T_updates_is_m_to_the_T(momentum, steps):
+    """The first centroid e_0, then T updates towards e_1: without the re-normalisation the
+    prototype would be m^T e_0 + (1 - m^T) e_1; with it, e_0 keeps a little more (at most +0.1
+    here), so m^T is the share to plan a schedule with (0.999^693 ~ one half)."""
+    from u2plus.losses.prototypes import prototype_share_left
+
+    memory = PrototypeMemory(1, 2)
+    counts = torch.ones(1, dtype=torch.long)
+    memory.update(torch.tensor([[1.0, 0.0]]), counts, momentum)
+    for _ in range(steps):
+        memory.update(torch.tensor([[0.0, 1.0]]), counts, momentum)
+    p0, p1 = memory.prototypes[0].double().tolist()
+    share = prototype_share_left(momentum, steps)
+    assert share <= p0 / (p0 + p1) < share + 0.1
+    assert prototype_share_left(0.999, 693) == pytest.approx(0.5, abs=0.001)

@@ -8,13 +8,17 @@ from torch import nn
 __all__ = ["ema_momentum", "ema_update"]
 
 
-def ema_momentum(step: int, max_momentum: float, start: int = 0) -> float:
-    """``m_t = min(1 - 1 / (step - start + 1), max_momentum)`` (METHOD step 11; 0 at ``start``,
-    so that update copies the student). Before ``start`` it is 0 too: the teacher follows the
-    student exactly (the reference code's copy at the end of the supervised-only warm-up)."""
+def ema_momentum(step: int, max_momentum: float, start: int = 0, ramp: bool = True) -> float:
+    """Momentum of the EMA update after ``step`` (METHOD step 11). Before ``start`` it is 0: the
+    teacher follows the student exactly (the reference code's copy at the end of the
+    supervised-only warm-up). From ``start`` on, with ``ramp``: ``m_t = min(1 - 1/(t + 1),
+    max_momentum)``, ``t = step - start`` (0 at ``start``, so that update copies the student
+    too); without: ``max_momentum`` at once, for a teacher that starts from a trained network."""
     t = step - start
     if t < 0:
         return 0.0
+    if not ramp:
+        return max_momentum
     return min(1.0 - 1.0 / (t + 1), max_momentum)
 
 

@@ -62,14 +62,14 @@ def build_eval_loader(cfg, split: str, mean, std):
 
 
 def run_evaluation(cfg, model, loader, dataset, device, progress: bool = False) -> dict:
-    was_training = model.training
+    """Evaluate ``model`` in eval mode on ``loader``; the caller puts it back into training mode
+    (the trainer through ``method.train()``, which keeps frozen BatchNorm layers frozen)."""
     model.eval()
     e = cfg.eval
     result = evaluate(model.predict, loader, dataset.num_classes, mode=e.mode, crop_size=tuple(e.crop_size),
                       stride=tuple(e.stride) if e.stride else None, scales=tuple(e.scales), flip=e.flip,
                       ignore_index=cfg.data.ignore_index, device=device, class_names=dataset.class_names,
                       progress=progress)
-    model.train(was_training)
     return result
 
 
@@ -224,6 +224,7 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
         if main:
             v_set, v_loader = build_eval_loader(cfg, cfg.data.val_split, mean, std)
             res = run_evaluation(cfg, method.eval_model(), v_loader, v_set, device)
+            method.train()  # back to training mode, frozen BatchNorm layers kept frozen
             curve[:] = [p for p in curve if p["step"] != step]  # a resumed finished run re-evaluates
             curve.append({"step": step, "mIoU": res["mIoU"], "mAcc": res["mAcc"], "per_class": res["per_class"]})
             writer.add_scalar("val/mIoU", res["mIoU"], step)

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["unreliable_fraction", "entropy_threshold", "reliable_mask", "pseudo_labels"]
+__all__ = ["unreliable_fraction", "entropy_threshold", "classwise_entropy_threshold", "reliable_mask", "pseudo_labels"]
 
 
 def unreliable_fraction(alpha0: float, progress: float, dynamic: bool = True) -> float:
@@ -63,6 +63,43 @@ def entropy_threshold(entropy: Tensor, alpha_t: float, valid: Tensor | None = No
     if frac == 0.0 or hi == lo:
         return v_lo
     return v_lo + (ordered[hi] - v_lo) * frac
+
+
+def classwise_entropy_threshold(entropy: Tensor, predicted: Tensor, alpha_t: float, num_classes: int,
+                                valid: Tensor | None = None) -> Tensor:
+    """Per-class ``gamma_t`` (an option beyond the paper): for each class c, the ``(1 - alpha_t)``
+    quantile of the entropies of the pixels whose teacher prediction is c, with the
+    interpolation of :func:`entropy_threshold`. Reliable then means ``H < gamma[predicted]``, so
+    every predicted class keeps the same share of reliable pixels; with one quantile over all
+    pixels, the classes the teacher is least sure of (thin, rare ones) lose nearly all.
+
+    Args:
+        entropy: entropies of any shape; ``predicted``: the teacher's class per pixel, same shape.
+        valid: optional bool mask; only ``True`` pixels are used.
+
+    Returns:
+        ``[num_classes]`` float32; 0 for a class that no pixel predicts.
+    """
+    flat = entropy.detach().reshape(-1).double()
+    cls = predicted.reshape(-1).long()
+    if valid is not None:
+        keep = valid.reshape(-1).to(torch.bool)
+        flat, cls = flat[keep], cls[keep]
+    q = min(max(1.0 - float(alpha_t), 0.0), 1.0)
+    # one sort orders the pixels by class, then by entropy (entropy <= log C < offset)
+    offset = float(flat.max().item()) + 1.0 if flat.numel() else 1.0
+    ordered = (torch.sort(cls.double() * offset + flat).values - cls.sort().values.double() * offset)
+    counts = torch.bincount(cls, minlength=num_classes)
+    start = torch.cumsum(counts, 0) - counts
+    pos = q * (counts - 1).clamp_min(0).double()
+    lo = pos.floor().long()
+    hi = torch.minimum(lo + 1, (counts - 1).clamp_min(0))
+    frac = pos - lo.double()
+    n = max(ordered.numel() - 1, 0)
+    v_lo = ordered[(start + lo).clamp_max(n)] if ordered.numel() else torch.zeros_like(frac)
+    v_hi = ordered[(start + hi).clamp_max(n)] if ordered.numel() else torch.zeros_like(frac)
+    gamma = v_lo + (v_hi - v_lo) * frac
+    return torch.where(counts > 0, gamma, torch.zeros_like(gamma)).float()
 
 
 def reliable_mask(entropy: Tensor, gamma: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["cutmix_masks", "apply_cutmix", "shuffled_partner"]
+__all__ = ["cutmix_masks", "apply_cutmix", "cutmix_partners"]
 
 # Aspect ratio (box width / box height) is log-uniform in [ASPECT_MIN, 1 / ASPECT_MIN].
 ASPECT_MIN = 0.3
@@ -57,8 +57,8 @@ def cutmix_masks(
     return inside & has_box.view(batch, 1, 1)
 
 
-def apply_cutmix(mask: Tensor, perm: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
-    """``where(mask, t[perm], t)`` for each ``t`` of shape ``[B, ..., H, W]``.
+def apply_cutmix(mask: Tensor, partner: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """``where(mask, t[partner], t)`` for each ``t`` of shape ``[B, ..., H, W]``.
 
     The ``[B, H, W]`` mask broadcasts over any channel dims: works for images ``[B, 3, H, W]``,
     labels ``[B, H, W]``, bool masks and probabilities ``[B, C, H, W]``. Returns a tuple.
@@ -69,15 +69,18 @@ def apply_cutmix(mask: Tensor, perm: Tensor, *tensors: Tensor) -> tuple[Tensor, 
         if t.shape[0] != B or tuple(t.shape[-2:]) != (H, W):
             raise ValueError(f"apply_cutmix: tensor of shape {tuple(t.shape)} does not match mask {tuple(mask.shape)}")
         m = mask.to(t.device).view(B, *([1] * (t.dim() - 3)), H, W)
-        out.append(torch.where(m, t[perm.to(t.device)], t))
+        out.append(torch.where(m, t[partner.to(t.device)], t))
     return tuple(out)
 
 
-def shuffled_partner(
+def cutmix_partners(
     batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
 ) -> Tensor:
-    """A random permutation of the batch: image ``i`` takes its box content from ``perm[i]``
-    (may be ``i`` itself, then the box changes nothing)."""
-    if generator is None:
-        return torch.randperm(batch, device=device)
-    return torch.randperm(batch, generator=generator, device=generator.device).to(device)
+    """Partner of each image (METHOD step 4): image ``i`` takes its box content from
+    ``partner[i]``, drawn uniformly among the *other* images of the batch (never ``i`` itself,
+    whose box would change nothing); an image may be the partner of several. A batch of one
+    image has no partner: its partner is itself and CutMix leaves it unchanged."""
+    if batch < 2:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    shift = 1 + torch.floor(_rand(batch, generator, device) * (batch - 1)).long().clamp_max(batch - 2)
+    return (torch.arange(batch, device=shift.device) + shift) % batch

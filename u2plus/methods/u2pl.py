@@ -37,16 +37,17 @@ from ..losses.contrastive import (
 from ..losses.denoise import denoise_probabilities, prototype_weights
 from ..losses.entropy import pixel_entropy
 from ..losses.partition import (
+    classwise_entropy_threshold,
     entropy_threshold,
     pseudo_labels,
     reliable_mask,
     unreliable_fraction,
 )
-from ..losses.prototypes import PrototypeMemory, class_feature_sums
+from ..losses.prototypes import PrototypeMemory, class_feature_sums, prototype_share_left
 from ..losses.sce import adaptive_unsupervised_loss
 from ..losses.supervised import upsample_logits
 from .base import Method, StepContext
-from .cutmix import apply_cutmix, cutmix_masks, shuffled_partner
+from .cutmix import apply_cutmix, cutmix_masks, cutmix_partners
 
 
 def resize_nearest(labels: torch.Tensor, size) -> torch.Tensor:
@@ -126,9 +127,15 @@ class U2PLPlus(Method):
             valid_u = (torch.ones_like(entropy, dtype=torch.bool) if valid_u is None
                        else valid_u.to(device=entropy.device, dtype=torch.bool))
             alpha_t = unreliable_fraction(m.alpha0, ctx.progress, m.dynamic_partition)
-            gamma = entropy_threshold(comm.cat(entropy.reshape(-1)), alpha_t,
-                                      valid=comm.cat(valid_u.reshape(-1).to(torch.uint8)).bool())
-            reliable = reliable_mask(entropy, gamma) & valid_u
+            all_valid = comm.cat(valid_u.reshape(-1).to(torch.uint8)).bool()
+            if m.classwise_partition:  # one gamma_t per predicted class (beyond the paper)
+                predicted = prob_u.max(dim=1).indices
+                gamma_c = classwise_entropy_threshold(comm.cat(entropy.reshape(-1)), comm.cat(predicted.reshape(-1)),
+                                                      alpha_t, prob_u.shape[1], valid=all_valid)
+                gamma, threshold = gamma_c[gamma_c > 0].mean(), gamma_c[predicted]
+            else:
+                gamma = threshold = entropy_threshold(comm.cat(entropy.reshape(-1)), alpha_t, valid=all_valid)
+            reliable = reliable_mask(entropy, threshold) & valid_u
             # 3. prototypical denoising (Eq. 19-20): the partition stays the one from H(p)
             label_prob = prob_u
             if m.prototype_denoising and bool(self.prototypes.initialized.any()):
@@ -138,12 +145,12 @@ class U2PLPlus(Method):
             y_hat = pseudo_labels(label_prob, reliable, self.ignore_index)
             # 4. CutMix of the strong view and of everything derived from the teacher
             box = cutmix_masks(b_u, size[0], size[1], m.cutmix_prob, tuple(m.cutmix_area), gen, x_u.device)
-            perm = shuffled_partner(b_u, gen)
-            x_mix, y_mix, rel_mix, valid_mix = apply_cutmix(box, perm, x_u_strong, y_hat, reliable, valid_u)
+            partner = cutmix_partners(b_u, gen)
+            x_mix, y_mix, rel_mix, valid_mix = apply_cutmix(box, partner, x_u_strong, y_hat, reliable, valid_u)
             feat_size = t_logits.shape[-2:]
             box_small = resize_nearest(box, feat_size)
-            t_logits_u_mix = apply_cutmix(box_small, perm, t_logits[b_l:])[0]
-            t_rep_mix = apply_cutmix(box_small, perm, t_out["rep"][b_l:])[0] if self.needs_rep else None
+            t_logits_u_mix = apply_cutmix(box_small, partner, t_logits[b_l:])[0]
+            t_rep_mix = apply_cutmix(box_small, partner, t_out["rep"][b_l:])[0] if self.needs_rep else None
 
         # 5. student on [labeled, mixed strong unlabeled]
         s_out = self.student_forward(torch.cat([x_l, x_mix]), with_rep=m.contrastive)
@@ -171,6 +178,8 @@ class U2PLPlus(Method):
                 sums, counts = class_feature_sums(feats, labels_small.reshape(-1), self.student.num_classes,
                                                   self.ignore_index)
                 self.prototypes.update(comm.sum(sums), comm.sum(counts), m.prototype_momentum)
+            logs["first_prototype_share"] = prototype_share_left(m.prototype_momentum,
+                                                                 ctx.step - self.first_semi_step(ctx))
 
         if m.contrastive:
             # 9. contrastive loss at stride 4 (labels nearest, probabilities from stride-4 logits)
@@ -196,7 +205,7 @@ class U2PLPlus(Method):
             logs["per_class/queue_fill"] = stats["queue_fill"]
         if "mask" in unlabeled:  # diagnostics only: the unlabeled masks are never trained on
             with torch.no_grad():
-                gt = apply_cutmix(box, perm, unlabeled["mask"])[0]
+                gt = apply_cutmix(box, partner, unlabeled["mask"])[0]
                 logs["diag/pseudo_label_precision"] = self._pseudo_label_precision(gt, y_mix, rel_mix)
                 if m.contrastive:
                     logs.update(self._premise_diagnostics(gt, prob_small[b_l:], unrel_small[b_l:]))
@@ -228,4 +237,4 @@ class U2PLPlus(Method):
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         start = self.first_semi_step(ctx) if self.m.ema_from_semi_start else 0
-        ema_update(self.teacher, self.student, ema_momentum(ctx.step, self.m.ema_momentum, start))
+        ema_update(self.teacher, self.student, ema_momentum(ctx.step, self.m.ema_momentum, start, self.m.ema_ramp))

@@ -2,6 +2,14 @@
 
 Uses segmentation-models-pytorch's ASPP block; the fusion upsamples to the stride-4 map's exact
 size (so any input size works, not only multiples of 16).
+
+The image-pooling branch of ASPP normalises one pooled vector per image. With BatchNorm there
+(``pooling_norm="batchnorm"``, the original), its statistics come from B pooled vectors, which
+for a small batch of similar scenes hardly differ: the running variance collapses towards 0 and in
+eval mode the branch multiplies any image's deviation by up to 1/sqrt(eps). Measured on CamVid
+(batch 8, crops 160x224, frozen encoder BN): val mIoU 2.7 at step 200 in eval mode, 24.9 with
+batch statistics. The default is no normalisation there (a 1x1 conv with bias, then ReLU);
+``groupnorm`` normalises each pooled vector on its own (32 groups).
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ class DeepLabV3PlusDecoder(nn.Module):
     """features (strides 2, 4, ..., deepest) -> fused map F at stride 4 with ``channels`` channels."""
 
     def __init__(self, encoder_channels: list[int], encoder_reductions: list[int], channels: int = 256,
-                 atrous_rates=(6, 12, 18), separable: bool = False, dropout: float = 0.1):
+                 atrous_rates=(6, 12, 18), separable: bool = False, dropout: float = 0.1,
+                 pooling_norm: str = "none"):
         super().__init__()
         if 4 not in encoder_reductions:
             raise ValueError("DeepLabv3+ needs an encoder feature map at stride 4")
@@ -31,6 +40,14 @@ class DeepLabV3PlusDecoder(nn.Module):
             ASPP(encoder_channels[-1], channels, tuple(atrous_rates), separable=separable, dropout=dropout),
             _conv3x3(channels, channels, separable), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
         )
+        pooling = self.aspp[0].convs[-1]  # AdaptiveAvgPool2d, Conv2d, BatchNorm2d, ReLU
+        if pooling_norm == "none":
+            pooling[1] = nn.Conv2d(encoder_channels[-1], channels, 1, bias=True)
+            pooling[2] = nn.Identity()
+        elif pooling_norm == "groupnorm":
+            pooling[2] = nn.GroupNorm(32, channels)
+        elif pooling_norm != "batchnorm":
+            raise ValueError(f"pooling_norm={pooling_norm!r} is not one of none, groupnorm, batchnorm")
         self.project_high_res = nn.Sequential(
             nn.Conv2d(encoder_channels[self.high_res_index], 48, 1, bias=False),
             nn.BatchNorm2d(48), nn.ReLU(inplace=True),

@@ -46,7 +46,8 @@ class Segmentor(nn.Module):
 def build_segmentor(model_cfg, num_classes: int) -> Segmentor:
     encoder = build_encoder(model_cfg.encoder, model_cfg.pretrained, model_cfg.output_stride)
     decoder = DeepLabV3PlusDecoder(encoder.channels, encoder.reductions, model_cfg.decoder_channels,
-                                   model_cfg.aspp_rates, model_cfg.aspp_separable, model_cfg.aspp_dropout)
+                                   model_cfg.aspp_rates, model_cfg.aspp_separable, model_cfg.aspp_dropout,
+                                   model_cfg.aspp_pooling_norm)
     model = Segmentor(encoder, decoder, num_classes, model_cfg.rep_dim if model_cfg.rep_head else None)
     if model_cfg.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
