@@ -71,9 +71,11 @@ def test_u2pl_plus_fills_queues_and_prototypes_and_logs_diagnostics():
     assert logs2["per_class/queue_fill"].shape == (NUM_CLASSES,)
 
 
-def test_classwise_partition_keeps_every_predicted_class_reliable():
-    """With ``method.classwise_partition`` each class the teacher predicts keeps ~1 - alpha_t of
-    its pixels reliable (the step's partition, seen through the pseudo-label function)."""
+@pytest.mark.parametrize("classwise", [True, False])
+def test_classwise_partition_keeps_every_predicted_class_reliable(classwise, monkeypatch):
+    """A teacher that is sure of classes 0-2 and unsure of the rarer class 3: with
+    ``method.classwise_partition`` each predicted class keeps ~1 - alpha_t of its pixels reliable;
+    with the paper's single quantile class 3 keeps none."""
     import u2plus.methods.u2pl as u2pl_module
 
     seen = {}
@@ -83,19 +85,25 @@ def test_classwise_partition_keeps_every_predicted_class_reliable():
         seen["predicted"], seen["reliable"] = prob.max(dim=1).indices, reliable
         return original(prob, reliable, ignore_index)
 
-    method = make_method("selftrain", "method.classwise_partition=true")
+    def teacher(x, with_rep=False):
+        g = torch.Generator().manual_seed(5)
+        logits = 0.3 * torch.randn(x.shape[0], NUM_CLASSES, 8, 8, generator=g)
+        cls = torch.randint(0, 3, (x.shape[0], 8, 8), generator=g)
+        cls[:, ::3, ::3] = 3  # a rarer class
+        margin = torch.where(cls == 3, 1.0, 4.0)
+        return {"logits": logits + margin.unsqueeze(1) * torch.nn.functional.one_hot(cls, NUM_CLASSES).permute(0, 3, 1, 2)}
+
+    method = make_method("selftrain", f"method.classwise_partition={str(classwise).lower()}")
     method.train()
+    monkeypatch.setattr(method.teacher, "forward", teacher)
+    monkeypatch.setattr(u2pl_module, "pseudo_labels", spy)
     labeled, unlabeled = batches(0)
-    u2pl_module.pseudo_labels = spy
-    try:
-        _, logs = method.training_step(labeled, unlabeled, StepContext(0, 10, 5))
-    finally:
-        u2pl_module.pseudo_labels = original
-    classes, counts = seen["predicted"].unique(return_counts=True)
-    assert len(classes) >= 2 and int((counts >= 90).sum()) >= 2
-    for c in classes[counts >= 90].tolist():
-        share = seen["reliable"][seen["predicted"] == c].float().mean().item()
-        assert share == pytest.approx(0.8, abs=0.02), c
+    _, logs = method.training_step(labeled, unlabeled, StepContext(0, 10, 5))
+    share = {c: seen["reliable"][seen["predicted"] == c].float().mean().item() for c in range(NUM_CLASSES)}
+    if classwise:
+        assert all(v == pytest.approx(0.8, abs=0.03) for v in share.values()), share
+    else:
+        assert share[3] < 0.05 and min(share[c] for c in range(3)) > 0.79, share
     assert torch.isfinite(torch.as_tensor(logs["gamma"]))
 
 

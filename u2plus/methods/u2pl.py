@@ -188,7 +188,7 @@ class U2PLPlus(Method):
                 labels_small = torch.cat([resize_nearest(y_l, feat_size), resize_nearest(y_mix, feat_size)])
                 rel_small = resize_nearest(rel_mix, feat_size)
                 unrel_small = ~rel_small & resize_nearest(valid_mix, feat_size)
-                unrel_small = torch.cat([torch.zeros_like(rel_small), unrel_small])
+                unrel_small = torch.cat([unrel_small.new_zeros((b_l, *unrel_small.shape[1:])), unrel_small])
                 is_labeled = torch.arange(b_l + b_u, device=x_l.device) < b_l
                 z_t = torch.cat([t_out["rep"][:b_l], t_rep_mix])
                 image_ids = torch.cat([self.global_image_ids(b_l),
