@@ -35,14 +35,14 @@ sys.path.insert(0, str(REPO))
 from u2plus.config import load_config  # noqa: E402
 from u2plus.engine.optim import build_optimizer  # noqa: E402
 from u2plus.engine.trainer import autocast_context  # noqa: E402
-from u2plus.losses.contrastive import ClassQueues  # noqa: E402
+from u2plus.losses.queues import ClassQueues  # noqa: E402
 from u2plus.losses.supervised import pixel_cross_entropy  # noqa: E402
 from u2plus.methods import StepContext, build_method  # noqa: E402
-from u2plus.methods.u2pl import U2PLPlus  # noqa: E402
+from u2plus.methods import SemiSupervised  # noqa: E402
 from u2plus.models import build_segmentor  # noqa: E402
 
 
-class U2PLPlusNoop(U2PLPlus):
+class U2PLPlusNoop(SemiSupervised):
     """All forwards of the U2PL+ step, none of its loss machinery."""
 
     def training_step(self, labeled, unlabeled, ctx):
@@ -71,7 +71,7 @@ def build_training_step(method, cfg, batch: int, crop, device):
     the method's step under ``train.amp`` autocast, backward (through a GradScaler for fp16) outside
     it, then optimiser and EMA; channels-last model and images when ``train.channels_last``."""
     method.to(device).train()
-    opt = build_optimizer(cfg.train, method.student)
+    opt = build_optimizer(cfg.train, method.param_groups())
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     labeled, unlabeled = make_batches(batch, crop, cfg.data.num_classes, device)
     if cfg.train.channels_last:
@@ -84,7 +84,7 @@ def build_training_step(method, cfg, batch: int, crop, device):
     def step(i: int) -> None:
         ctx = StepContext(i, 1000, 100)
         with autocast_context(cfg.train.amp, device):
-            loss, _ = method.training_step(labeled, unlabeled if method.semi_supervised else None, ctx)
+            loss, _ = method.training_step(labeled, unlabeled if "unlabeled" in method.streams else None, ctx)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from .criterion import CriterionConfig
 from .errors import ConfigError
 
 
@@ -130,9 +131,11 @@ class EvalConfig:
 
 
 @dataclass
-class MethodConfig:
-    """Method and its ablation switches (paper Tables III-X). ``name`` picks a preset
-    (``METHOD_PRESETS``); keys set in a config file or override win over the preset."""
+class MethodConfig(CriterionConfig):
+    """Method and its ablation switches (paper Tables III-X): the recipe's own keys below, and
+    every knob of the U2PL+ terms from :class:`u2plus.criterion.CriterionConfig` (entropy
+    partition, SCE, prototypes, contrastive loss). ``name`` picks a preset (``METHOD_PRESETS``);
+    keys set in a config file or override win over the preset."""
 
     name: str = "suponly"  # suponly | selftrain | u2pl | u2pl_plus
     ema_momentum: float = 0.99  # max EMA momentum of the teacher (0.999 for DA)
@@ -147,38 +150,9 @@ class MethodConfig:
     # false: ema_momentum at once (a teacher that starts trained, e.g. train.init_from, then does
     # not follow the student's first semi-supervised updates)
     ema_ramp: bool = True
-    # pseudo-labels (Eq. 11-14)
-    alpha0: float = 0.2
-    dynamic_partition: bool = True  # DPA: alpha_t = alpha0 * (1 - t/T)
-    # beyond the paper: gamma_t per class predicted by the teacher (each class keeps 1 - alpha_t
-    # of its pixels reliable), so thin and rare classes are not left without pseudo-labels
-    classwise_partition: bool = False
-    eta: float = 1.0
-    sce_xi1: float = 1.0
-    sce_xi2: float = 0.1  # 0 = plain CE (SCE off)
-    # prototypes (Eq. 15-20)
-    prototype_denoising: bool = True  # PD
-    # MP (Eq. 18); 0 = in-batch centroids. The first prototypes come from a representation head
-    # that has not trained yet; after N semi-supervised steps m**N of them is left (0.999: half
-    # after 693 steps, so lower it on short schedules; see prototype_share_left)
-    prototype_momentum: float = 0.999
     # CutMix of the strong view
     cutmix_prob: float = 0.5
     cutmix_area: list = field(default_factory=lambda: [0.02, 0.4])
-    # contrastive loss (Eq. 10, 21-28)
-    contrastive: bool = True  # L_c
-    lambda_c: float = 0.1
-    temperature: float = 0.5
-    num_anchors: int = 256
-    num_negatives: int = 50
-    delta_p: float = 0.3
-    r_l: int = 3
-    r_h: int = 20
-    use_queue: bool = True  # Q_c; false = negatives of this batch only
-    queue_size: int = 30000
-    rank_threshold: bool = True  # PRT
-    negatives_from: str = "unreliable"  # unreliable (U) | reliable (R) | both (R+U)
-    labeled_negatives: bool = True
 
 
 # What each method name means: the switches it turns off relative to the full U2PL+.

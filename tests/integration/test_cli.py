@@ -222,8 +222,8 @@ def test_resume_is_exact(method, tmp_path, monkeypatch):
     b = torch.load(cut / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     if method == "u2pl_plus":
-        assert any(k.startswith("queues.") for k in a["method"]) and any(k.startswith("teacher.") for k in a["method"])
-        assert int(a["method"]["queues.count"].sum()) > 0
+        assert any(k.startswith("criterion.queues.") for k in a["method"]) and any(k.startswith("teacher.") for k in a["method"])
+        assert int(a["method"]["criterion.queues.count"].sum()) > 0
     for key, value in a["method"].items():
         assert torch.equal(value, b["method"][key]), key
     assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]

@@ -74,9 +74,9 @@ def test_two_gloo_processes_equal_one_process_with_double_batch(one_and_two_proc
 
     state_a, state_b = a["method"], b["method"]
     assert state_a.keys() == state_b.keys()
-    assert int(state_a["queues.count"].sum()) > 0 and bool(state_a["prototypes.initialized"].any())
-    assert torch.equal(state_a["queues.count"], state_b["queues.count"])
-    assert torch.equal(state_a["queues.ptr"], state_b["queues.ptr"])
+    assert int(state_a["criterion.queues.count"].sum()) > 0 and bool(state_a["criterion.prototypes.initialized"].any())
+    assert torch.equal(state_a["criterion.queues.count"], state_b["criterion.queues.count"])
+    assert torch.equal(state_a["criterion.queues.ptr"], state_b["criterion.queues.ptr"])
     for key, va in state_a.items():
         vb = state_b[key]
         if va.is_floating_point():
@@ -112,4 +112,4 @@ def test_two_process_checkpoint_resumes_in_one_process(one_and_two_processes, tm
     state = load_checkpoint(out / "last.pt")
     assert state["step"] == STEPS + 1 and state["world_size"] == 1
     before = load_checkpoint(two / "last.pt")["method"]
-    assert not torch.equal(state["method"]["queues.keys"], before["queues.keys"])  # it trained on
+    assert not torch.equal(state["method"]["criterion.queues.keys"], before["criterion.queues.keys"])  # it trained on

@@ -64,7 +64,7 @@ def test_sigkill_at_random_step_then_resume_is_bit_exact(tmp_path):
     run(command(cut, "resume=auto"))
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(cut / "last.pt")
     assert a["step"] == b["step"] == STEPS
-    assert int(a["method"]["queues.count"].sum()) > 0 and bool(a["method"]["prototypes.initialized"].any())
+    assert int(a["method"]["criterion.queues.count"].sum()) > 0 and bool(a["method"]["criterion.prototypes.initialized"].any())
     for key, value in a["method"].items():
         assert torch.equal(value, b["method"][key]), f"{key} differs after kill at step >= {kill_after}"
     leftovers = [p.name for p in cut.iterdir() if p.name.endswith(".tmp")]

@@ -5,20 +5,12 @@ import math
 import pytest
 import torch
 
-from u2plus.losses.contrastive import (
-    ClassQueues,
-    ContrastiveConfig,
-    anchor_mask,
-    class_rank,
-    contrastive_loss,
-    hash31,
-    labeled_negative_mask,
-    pixel_info_nce,
-    pixel_keys,
-    select_lowest_per_class,
-    uniform_draws,
-    unlabeled_negative_mask,
-)
+from u2plus.losses.contrastive import ContrastiveConfig, pixel_info_nce
+from u2plus.losses.contrastive_masks import anchor_mask, class_rank, labeled_negative_mask, unlabeled_negative_mask
+from u2plus.losses.queues import ClassQueues
+from u2plus.losses.sampling import hash31, pixel_keys, select_lowest_per_class, uniform_draws
+
+from ..helpers import ss_contrastive_loss as contrastive_loss
 
 
 def _map(rows):

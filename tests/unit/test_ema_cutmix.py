@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from u2plus.engine.ema import ema_momentum, ema_update
+from u2plus.methods.mean_teacher import ema_momentum, ema_update
 from u2plus.methods.cutmix import apply_cutmix, cutmix_masks, cutmix_partners
 
 

@@ -41,7 +41,7 @@ def run_steps(method, steps: int = 2, with_unlabeled_masks: bool = False, first_
     for step in range(first_step, first_step + steps):
         labeled, unlabeled = batches(step, with_unlabeled_masks)
         ctx = StepContext(step, max_iters=10, iters_per_epoch=5)
-        loss, logs = method.training_step(labeled, unlabeled if method.semi_supervised else None, ctx)
+        loss, logs = method.training_step(labeled, unlabeled if "unlabeled" in method.streams else None, ctx)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -60,8 +60,8 @@ def test_every_method_trains_two_steps_with_finite_loss(name):
 def test_u2pl_plus_fills_queues_and_prototypes_and_logs_diagnostics():
     method = make_method("u2pl_plus")
     (_, logs1), (_, logs2) = run_steps(method)
-    assert bool(method.prototypes.initialized.any())
-    assert int(method.queues.count.sum()) > 0
+    assert bool(method.criterion.prototypes.initialized.any())
+    assert int(method.criterion.queues.count.sum()) > 0
     for key in ("loss_sup", "loss_unsup", "loss_contrastive", "gamma", "alpha_t", "reliable_fraction",
                 "lambda_u", "per_class/anchors", "per_class/negatives", "per_class/queue_fill"):
         assert key in logs2, key
@@ -76,7 +76,7 @@ def test_classwise_partition_keeps_every_predicted_class_reliable(classwise, mon
     """A teacher that is sure of classes 0-2 and unsure of the rarer class 3: with
     ``method.classwise_partition`` each predicted class keeps ~1 - alpha_t of its pixels reliable;
     with the paper's single quantile class 3 keeps none."""
-    import u2plus.methods.u2pl as u2pl_module
+    import u2plus.criterion as u2pl_module
 
     seen = {}
     original = u2pl_module.pseudo_labels
@@ -109,13 +109,13 @@ def test_classwise_partition_keeps_every_predicted_class_reliable(classwise, mon
 
 def test_switches_select_components():
     selftrain = make_method("selftrain")
-    assert selftrain.queues is None and selftrain.prototypes is None
+    assert selftrain.criterion.queues is None and selftrain.criterion.prototypes is None
     (_, logs), = run_steps(selftrain, steps=1)
     assert "loss_contrastive" not in logs
     u2pl = make_method("u2pl")
-    assert u2pl.m.prototype_momentum == 0.0 and not u2pl.m.prototype_denoising and u2pl.m.sce_xi2 == 0.0
+    assert u2pl.cfg.method.prototype_momentum == 0.0 and not u2pl.cfg.method.prototype_denoising and u2pl.cfg.method.sce_xi2 == 0.0
     in_batch = make_method("u2pl_plus", "method.use_queue=false")
-    assert in_batch.queues is None
+    assert in_batch.criterion.queues is None
     (loss, logs), = run_steps(in_batch, steps=1)
     assert torch.isfinite(loss) and "loss_contrastive" in logs
 
@@ -159,7 +159,7 @@ def test_sup_only_warmup_skips_unlabeled_losses():
 def test_crop_padding_of_unlabeled_images_is_never_pseudo_labelled(monkeypatch):
     # METHOD: padding is never a class. ``valid`` False on the left half (padding): no
     # pseudo-label and no reliable pixel there; reliable fraction and lambda_u over valid pixels
-    import u2plus.methods.u2pl as u2pl_module
+    import u2plus.criterion as u2pl_module
 
     seen = {}
     real = u2pl_module.adaptive_unsupervised_loss
@@ -193,7 +193,7 @@ def test_teacher_copies_student_through_warmup_and_first_semi_step_by_default():
     # METHOD step 11 (the default): iters_per_epoch 5, 0.4 epochs of L_s alone: steps 0-1
     # warm-up, step 2 the first semi-supervised step (m = 0 there too), step 3 m = 0.5
     method = make_method("u2pl_plus", "method.sup_only_epochs=0.4")
-    assert method.m.ema_from_semi_start
+    assert method.cfg.method.ema_from_semi_start
     kinds = []
     for step in range(3):
         (_, logs), = run_steps(method, steps=1, first_step=step)
@@ -214,7 +214,7 @@ def test_bf16_autocast_step_is_finite_and_losses_fp32(name):
     method.train()
     labeled, unlabeled = batches(0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, logs = method.training_step(labeled, unlabeled if method.semi_supervised else None,
+        loss, logs = method.training_step(labeled, unlabeled if "unlabeled" in method.streams else None,
                                           StepContext(0, 10, 5))
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()

@@ -80,11 +80,18 @@ def test_zero_max_iters_does_not_divide_by_zero():
     assert lr_factor(3, 0, "linear") == 0.0
 
 
-# ---- build_optimizer -------------------------------------------------------------------------
+# ---- build_optimizer
+
+def _build(cfg, model):
+    """The optimiser over the two groups every method declares (Method.param_groups)."""
+    encoder, heads = model.param_groups()
+    return build_optimizer(cfg, [{"name": "encoder", "params": encoder, "lr_mult": 1.0},
+                                 {"name": "decoder_heads", "params": heads, "lr_mult": cfg.head_lr_mult}])
+
 
 def test_sgd_two_groups_with_head_lr_mult():
     model = FakeSegmentor()
-    opt = build_optimizer(train_cfg(optimizer="sgd", lr=0.02, head_lr_mult=10.0, momentum=0.8,
+    opt = _build(train_cfg(optimizer="sgd", lr=0.02, head_lr_mult=10.0, momentum=0.8,
                                     weight_decay=5e-4), model)
     assert isinstance(opt, torch.optim.SGD)
     assert len(opt.param_groups) == 2
@@ -101,7 +108,7 @@ def test_sgd_two_groups_with_head_lr_mult():
 
 
 def test_adamw():
-    opt = build_optimizer(train_cfg(optimizer="adamw", lr=1e-3, head_lr_mult=4.0, weight_decay=0.05),
+    opt = _build(train_cfg(optimizer="adamw", lr=1e-3, head_lr_mult=4.0, weight_decay=0.05),
                           FakeSegmentor())
     assert isinstance(opt, torch.optim.AdamW)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 4e-3])
@@ -111,7 +118,7 @@ def test_adamw():
 def test_frozen_params_are_left_out():
     model = FakeSegmentor()
     model.encoder[0].weight.requires_grad_(False)
-    opt = build_optimizer(train_cfg(), model)
+    opt = _build(train_cfg(), model)
     ids = {id(p) for g in opt.param_groups for p in g["params"]}
     assert id(model.encoder[0].weight) not in ids
     assert len(opt.param_groups[0]["params"]) == 2
@@ -124,7 +131,11 @@ def test_real_segmentor_param_groups():
     mcfg = OmegaConf.structured(ModelConfig(encoder="resnet18", pretrained="none", decoder_channels=16,
                                             rep_dim=8))
     model = build_segmentor(mcfg, num_classes=3)
-    opt = build_optimizer(train_cfg(lr=0.01, head_lr_mult=10.0), model)
+    from u2plus.config import load_config
+    from u2plus.methods import build_method
+
+    method = build_method(load_config(None, ["train.lr=0.01", "train.head_lr_mult=10"]), model)
+    opt = build_optimizer(train_cfg(lr=0.01, head_lr_mult=10.0), method.param_groups())
     enc, head = opt.param_groups
     assert {id(p) for p in enc["params"]} == {id(p) for p in model.encoder.parameters()}
     assert {id(p) for p in head["params"]} == (
@@ -146,7 +157,7 @@ def lr_sequence(opt, sched, n):
 
 def test_scheduler_follows_linear_factor_per_group():
     cfg = train_cfg(lr=0.01, head_lr_mult=10.0, lr_schedule="linear")
-    opt = build_optimizer(cfg, FakeSegmentor())
+    opt = _build(cfg, FakeSegmentor())
     sched = build_scheduler(cfg, opt, max_iters=4)
     seq = lr_sequence(opt, sched, 5)
     expected = [[0.01, 0.1], [0.0075, 0.075], [0.005, 0.05], [0.0025, 0.025], [0.0, 0.0]]
@@ -156,7 +167,7 @@ def test_scheduler_follows_linear_factor_per_group():
 
 def test_scheduler_poly_with_warmup_matches_lr_factor():
     cfg = train_cfg(lr=0.1, head_lr_mult=2.0, lr_schedule="poly", warmup_iters=3, warmup_ratio=0.01)
-    opt = build_optimizer(cfg, FakeSegmentor())
+    opt = _build(cfg, FakeSegmentor())
     sched = build_scheduler(cfg, opt, max_iters=10)
     seq = lr_sequence(opt, sched, 10)
     for step, (enc, head) in enumerate(seq):
@@ -170,18 +181,18 @@ def test_scheduler_state_dict_resume_reproduces_lrs():
     T = 12
 
     model = FakeSegmentor()
-    opt = build_optimizer(cfg, model)
+    opt = _build(cfg, model)
     sched = build_scheduler(cfg, opt, T)
     full = lr_sequence(opt, sched, T)
 
     model_a = FakeSegmentor()
-    opt_a = build_optimizer(cfg, model_a)
+    opt_a = _build(cfg, model_a)
     sched_a = build_scheduler(cfg, opt_a, T)
     first = lr_sequence(opt_a, sched_a, 5)
     saved_opt, saved_sched = opt_a.state_dict(), sched_a.state_dict()
 
     model_b = FakeSegmentor()
-    opt_b = build_optimizer(cfg, model_b)
+    opt_b = _build(cfg, model_b)
     sched_b = build_scheduler(cfg, opt_b, T)
     opt_b.load_state_dict(saved_opt)
     sched_b.load_state_dict(saved_sched)

@@ -2,7 +2,7 @@
 
 import torch
 
-from u2plus.losses.contrastive import ClassQueues
+from u2plus.losses.queues import ClassQueues
 
 
 def _k(*vals):
@@ -101,7 +101,7 @@ def test_reset_and_state_dict_buffers():
 def test_write_plan_duplicate_slots_all_carry_newest_key():
     """On parallel devices duplicate index writes land in any order: every write to a slot
     must therefore carry the same (newest) row, so the result cannot depend on that order."""
-    from u2plus.losses.contrastive import _ring_write_plan
+    from u2plus.losses.queues import _ring_write_plan
 
     # size 2, class 0 ptr 1: rows 0,1,3,4 are class 0 (offsets 0..3), row 2 is class 1
     cls, slot, src, n_new = _ring_write_plan(torch.tensor([0, 0, 1, 0, 0]), torch.tensor([1, 0]), 2)

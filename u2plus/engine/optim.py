@@ -1,7 +1,7 @@
 """Optimiser and per-iteration learning-rate schedule.
 
-Two parameter groups: encoder at ``lr`` and decoder + heads at ``lr * head_lr_mult`` (x10 in
-the paper). Schedules: poly ``(1 - t/T)^power`` (SS), linear decay (DA), constant; optional
+Parameter groups come from the method (:meth:`u2plus.methods.Method.param_groups`): each at
+``lr * lr_mult`` (the encoder at ``lr``, decoder + heads at ``lr * head_lr_mult``, x10 in the paper). Schedules: poly ``(1 - t/T)^power`` (SS), linear decay (DA), constant; optional
 linear warm-up. The scheduler is a LambdaLR stepped once per iteration, so its state_dict
 restores the exact learning rate on resume.
 """
@@ -11,13 +11,11 @@ from __future__ import annotations
 import torch
 
 
-def build_optimizer(train_cfg, model) -> torch.optim.Optimizer:
-    encoder_params, head_params = model.param_groups()
-    groups = [
-        {"params": [p for p in encoder_params if p.requires_grad], "lr": train_cfg.lr, "name": "encoder"},
-        {"params": [p for p in head_params if p.requires_grad], "lr": train_cfg.lr * train_cfg.head_lr_mult,
-         "name": "decoder_heads"},
-    ]
+def build_optimizer(train_cfg, param_groups: list[dict]) -> torch.optim.Optimizer:
+    """SGD or AdamW over ``param_groups`` (``name``, ``params``, ``lr_mult``); frozen parameters
+    are left out."""
+    groups = [{"name": g["name"], "params": [p for p in g["params"] if p.requires_grad],
+               "lr": train_cfg.lr * g["lr_mult"]} for g in param_groups]
     if train_cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train_cfg.lr, momentum=train_cfg.momentum,
                                weight_decay=train_cfg.weight_decay)

@@ -16,6 +16,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -110,8 +111,41 @@ def _check_distributed(cfg, info: DistInfo, device: torch.device) -> None:
                           "on CPU use model.freeze_bn=true or plain BatchNorm")
 
 
+@dataclass
+class Run:
+    """Everything a training run holds between its phases (build, resume, loop, finish)."""
+
+    cfg: object
+    info: DistInfo
+    device: torch.device
+    comm: object
+    out_dir: Path
+    method: object
+    labeled: object
+    unlabeled: object
+    mean: list
+    std: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    iters_per_epoch: int
+    max_iters: int
+    memory_format: torch.memory_format
+    start_step: int = 0
+    curve: list = field(default_factory=list)  # val mIoU every train.eval_every steps
+    writer: object = None
+    train_seconds: float = 0.0
+
+
 def _train(cfg, info: DistInfo, device: torch.device) -> dict:
-    out_dir = Path(cfg.out_dir)
+    run = _build_run(cfg, info, device)
+    _resume(run)
+    _loop(run)
+    return _finish(run)
+
+
+def _build_run(cfg, info: DistInfo, device: torch.device) -> Run:
+    """Data (every file checked before anything trains), model, method and optimisation."""
     comm = info.comm()
     main = info.is_main
     if cfg.train.num_threads:
@@ -122,9 +156,8 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
     if info.enabled:
         _check_distributed(cfg, info, device)
 
-    # --- data, checked before anything trains (by rank 0) -------------------------------
-    semi = method_class(cfg).semi_supervised
-    labeled, unlabeled = build_train_sets(cfg.data, semi)
+    streams = method_class(cfg).streams
+    labeled, unlabeled = build_train_sets(cfg.data, "unlabeled" in streams)
     val_set = build_dataset(cfg.data, cfg.data.val_split)
     if cfg.data.validate and main:
         for ds in (labeled, unlabeled, val_set):
@@ -132,7 +165,6 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
                 ds.check_files()
     comm.barrier()
 
-    # --- model, method, optimisation ----------------------------------------------------
     model = build_segmentor(cfg.model, labeled.num_classes)
     if cfg.train.init_from:
         _init_weights(model, cfg.train.init_from)
@@ -155,142 +187,168 @@ def _train(cfg, info: DistInfo, device: torch.device) -> dict:
 
         runner = DistributedDataParallel(
             method.student, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True,  # e.g. the representation head during a SupOnly warm-up
+            find_unused_parameters=True,  # e.g. the representation head during a supervised warm-up
         )
         method.attach_distributed(comm, runner)
         if info.rank:  # dropout etc. draw different numbers on each process
             torch.manual_seed(cfg.seed * 7919 + info.rank)
-    iters_per_epoch = math.ceil(
-        len(unlabeled) / cfg.data.unlabeled_batch_size if unlabeled is not None else len(labeled) / cfg.data.batch_size
-    )
+    # one epoch = one pass over the method's last stream (the unlabeled set when it has one)
+    epoch_set, epoch_batch = ((unlabeled, cfg.data.unlabeled_batch_size) if unlabeled is not None
+                              else (labeled, cfg.data.batch_size))
+    iters_per_epoch = math.ceil(len(epoch_set) / epoch_batch)
     max_iters = math.ceil(cfg.train.epochs * iters_per_epoch) if cfg.train.epochs else cfg.train.max_iters
-    optimizer = build_optimizer(cfg.train, method.student)
-    scheduler = build_scheduler(cfg.train, optimizer, max_iters)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+    optimizer = build_optimizer(cfg.train, method.param_groups())
+    return Run(cfg=cfg, info=info, device=device, comm=comm, out_dir=Path(cfg.out_dir), method=method,
+               labeled=labeled, unlabeled=unlabeled, mean=mean, std=std, optimizer=optimizer,
+               scheduler=build_scheduler(cfg.train, optimizer, max_iters),
+               scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16"),
+               iters_per_epoch=iters_per_epoch, max_iters=max_iters, memory_format=memory_format)
 
-    start_step = 0
-    curve: list[dict] = []  # val mIoU every train.eval_every steps
-    resume_path = _resume_path(cfg, out_dir)
+
+def _resume(run: Run) -> None:
+    """Continue from ``resume`` (``auto``: the run folder's ``last.pt``) when there is one, and
+    prepare the run folder."""
+    cfg, info = run.cfg, run.info
+    resume_path = _resume_path(cfg, run.out_dir)
     if resume_path is not None:
         state = load_checkpoint(resume_path)
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_step = int(state["step"])
-        curve = list(state.get("curve", []))
+        run.method.load_state_dict(state["method"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.start_step = int(state["step"])
+        run.curve = list(state.get("curve", []))
         per_rank = state.get("rng_per_rank") or [state["rng"]]
         if len(per_rank) == info.world_size:  # same process count: exact continuation
             set_rng_state(per_rank[info.rank])
         elif info.rank == 0:
             set_rng_state(state["rng"])
         else:
-            torch.manual_seed(cfg.seed * 7919 + info.rank + 104729 * start_step)
-        if main:
-            print(f"resumed from {resume_path} at step {start_step}")
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(".last.pt.*.tmp"):  # partial writes of a killed run
+            torch.manual_seed(cfg.seed * 7919 + info.rank + 104729 * run.start_step)
+        if info.is_main:
+            print(f"resumed from {resume_path} at step {run.start_step}")
+    if info.is_main:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run.out_dir.glob(".last.pt.*.tmp"):  # partial writes of a killed run
             stale.unlink()
-        save_config(cfg, out_dir / "config.yaml")
-
-    workers = cfg.data.num_workers
-    shard = {"rank": info.rank, "world_size": info.world_size}
-    labeled_loader = iter(make_train_loader(labeled, cfg.data.batch_size, cfg.seed, start_step, workers,
-                                            stream=0, **shard))
-    unlabeled_loader = (iter(make_train_loader(unlabeled, cfg.data.unlabeled_batch_size, cfg.seed, start_step,
-                                               workers, stream=1, **shard)) if unlabeled is not None else None)
-    writer = None
-    if main:
+        save_config(cfg, run.out_dir / "config.yaml")
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out_dir / "tb"))
+        run.writer = SummaryWriter(str(run.out_dir / "tb"))
 
-    def checkpoint(step: int) -> None:
-        rngs = _gather_objects(rng_state(), info)
-        if main:
-            save_checkpoint({
-                "step": step, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rngs[0],
-                "rng_per_rank": rngs, "world_size": info.world_size,
-                "config": OmegaConf.to_container(cfg), "num_classes": labeled.num_classes,
-                "class_names": labeled.class_names, "curve": curve,
-            }, out_dir / "last.pt")
-        comm.barrier()
 
-    def evaluate_main(step: int):
-        """Rank 0 evaluates (and adds a point to the curve); the others wait."""
-        res = None
-        if main:
-            v_set, v_loader = build_eval_loader(cfg, cfg.data.val_split, mean, std)
-            res = run_evaluation(cfg, method.eval_model(), v_loader, v_set, device)
-            method.train()  # back to training mode, frozen BatchNorm layers kept frozen
-            curve[:] = [p for p in curve if p["step"] != step]  # a resumed finished run re-evaluates
-            curve.append({"step": step, "mIoU": res["mIoU"], "mAcc": res["mAcc"], "per_class": res["per_class"]})
-            writer.add_scalar("val/mIoU", res["mIoU"], step)
-            writer.add_scalar("val/mAcc", res["mAcc"], step)
-        comm.barrier()
-        return res
+def _checkpoint(run: Run, step: int) -> None:
+    rngs = _gather_objects(rng_state(), run.info)
+    if run.info.is_main:
+        save_checkpoint({
+            "step": step, "method": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": rngs[0],
+            "rng_per_rank": rngs, "world_size": run.info.world_size,
+            "config": OmegaConf.to_container(run.cfg), "num_classes": run.labeled.num_classes,
+            "class_names": run.labeled.class_names, "curve": run.curve,
+        }, run.out_dir / "last.pt")
+    run.comm.barrier()
 
+
+def _evaluate(run: Run, step: int) -> dict | None:
+    """Rank 0 evaluates the method's eval model and adds a point to the curve; the others wait."""
+    res = None
+    if run.info.is_main:
+        cfg = run.cfg
+        v_set, v_loader = build_eval_loader(cfg, cfg.data.val_split, run.mean, run.std)
+        res = run_evaluation(cfg, run.method.eval_model(), v_loader, v_set, run.device)
+        run.method.train()  # back to training mode, frozen BatchNorm layers kept frozen
+        run.curve[:] = [p for p in run.curve if p["step"] != step]  # a resumed finished run re-evaluates
+        run.curve.append({"step": step, "mIoU": res["mIoU"], "mAcc": res["mAcc"], "per_class": res["per_class"]})
+        run.writer.add_scalar("val/mIoU", res["mIoU"], step)
+        run.writer.add_scalar("val/mAcc", res["mAcc"], step)
+    run.comm.barrier()
+    return res
+
+
+def _log(run: Run, done: int, loss: torch.Tensor, logs: dict, bar) -> None:
+    scalars, vectors = _reduce_logs(loss, logs, run.labeled.num_classes, run.comm)
+    if not run.info.is_main:
+        return
+    writer, lr = run.writer, run.optimizer.param_groups[0]["lr"]
+    for k, v in scalars.items():
+        writer.add_scalar(f"train/{k}", v, done)
+    for k, v in vectors.items():  # per-class vectors: one curve per class
+        for name, x in zip(run.labeled.class_names, v):
+            writer.add_scalar(f"train/{k}/{name}", x, done)
+    writer.add_scalar("train/lr", lr, done)
+    rss = _rss_mib()
+    if rss is not None:
+        writer.add_scalar("sys/rss_mib", rss, done)
+    if run.device.type == "cuda":
+        writer.add_scalar("sys/cuda_max_allocated_mib", torch.cuda.max_memory_allocated(run.device) / 2**20, done)
+    fields = {"loss": f"{scalars['loss']:.3f}"}
+    fields.update({short: f"{scalars[k]:.3f}" for k, short in run.method.progress_fields.items() if k in scalars})
+    fields["lr"] = f"{lr:.2e}"
+    bar.set_postfix(fields, refresh=False)
+
+
+def _loop(run: Run) -> None:
+    """The training steps, with logging, periodic checkpoints and evaluations."""
+    cfg, info, method = run.cfg, run.info, run.method
+    workers, shard = cfg.data.num_workers, {"rank": info.rank, "world_size": info.world_size}
+    labeled_loader = iter(make_train_loader(run.labeled, cfg.data.batch_size, cfg.seed, run.start_step, workers,
+                                            stream=0, **shard))
+    unlabeled_loader = (iter(make_train_loader(run.unlabeled, cfg.data.unlabeled_batch_size, cfg.seed,
+                                               run.start_step, workers, stream=1, **shard))
+                        if run.unlabeled is not None else None)
     method.train()
     t0 = time.time()
-    bar = tqdm(range(start_step, max_iters), initial=start_step, total=max_iters, desc=cfg.method.name,
-               dynamic_ncols=True, mininterval=2.0, disable=not main)
+    bar = tqdm(range(run.start_step, run.max_iters), initial=run.start_step, total=run.max_iters,
+               desc=cfg.method.name, dynamic_ncols=True, mininterval=2.0, disable=not info.is_main)
     for step in bar:
-        ctx = StepContext(step, max_iters, iters_per_epoch)
-        batch_l = _to_device(next(labeled_loader), device, memory_format)
-        batch_u = _to_device(next(unlabeled_loader), device, memory_format) if unlabeled_loader is not None else None
-        with autocast_context(cfg.train.amp, device):
+        ctx = StepContext(step, run.max_iters, run.iters_per_epoch)
+        batch_l = _to_device(next(labeled_loader), run.device, run.memory_format)
+        batch_u = (_to_device(next(unlabeled_loader), run.device, run.memory_format)
+                   if unlabeled_loader is not None else None)
+        with autocast_context(cfg.train.amp, run.device):
             loss, logs = method.training_step(batch_l, batch_u, ctx)
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
         # each process holds its share of the global-mean loss; DDP averages gradients
-        scaler.scale(loss * info.world_size).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        run.scaler.scale(loss * info.world_size).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
         method.after_optimizer_step(ctx)
 
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or check the data")
         done = step + 1
-        if done % cfg.train.log_every == 0 or done == max_iters:
-            scalars, vectors = _reduce_logs(loss, logs, labeled.num_classes, comm)
-            if main:
-                for k, v in scalars.items():
-                    writer.add_scalar(f"train/{k}", v, done)
-                for k, v in vectors.items():  # per-class vectors: one curve per class
-                    for name, x in zip(labeled.class_names, v):
-                        writer.add_scalar(f"train/{k}/{name}", x, done)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
-                rss = _rss_mib()
-                if rss is not None:
-                    writer.add_scalar("sys/rss_mib", rss, done)
-                if device.type == "cuda":
-                    writer.add_scalar("sys/cuda_max_allocated_mib", torch.cuda.max_memory_allocated(device) / 2**20, done)
-                bar.set_postfix(_progress_fields(scalars, optimizer.param_groups[0]["lr"]), refresh=False)
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < max_iters:
-            res = evaluate_main(done)
-            if main:
+        if done % cfg.train.log_every == 0 or done == run.max_iters:
+            _log(run, done, loss, logs, bar)
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < run.max_iters:
+            res = _evaluate(run, done)
+            if info.is_main:
                 bar.write(f"step {done}: val mIoU {res['mIoU']:.2f}")
-        if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 and done < max_iters:
-            checkpoint(done)
+        if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 and done < run.max_iters:
+            _checkpoint(run, done)
     bar.close()
-    train_time = time.time() - t0
-    result = evaluate_main(max_iters)  # before the final checkpoint, which keeps the whole curve
-    checkpoint(max_iters)
-    if not main:
+    run.train_seconds = time.time() - t0
+
+
+def _finish(run: Run) -> dict:
+    """Final evaluation (before the final checkpoint, which keeps the whole curve), metrics.json."""
+    result = _evaluate(run, run.max_iters)
+    _checkpoint(run, run.max_iters)
+    if not run.info.is_main:
         return {}
-    writer.close()
+    run.writer.close()
+    curve = run.curve
     metrics = {
         "mIoU": result["mIoU"], "per_class": result["per_class"], "mAcc": result["mAcc"],
-        "aAcc": result["aAcc"], "per_class_acc": result["per_class_acc"], "split": cfg.data.val_split,
-        "method": cfg.method.name, "steps": max_iters, "train_seconds": round(train_time, 1),
-        "seconds_per_step": round(train_time / max(max_iters - start_step, 1), 4),
-        "labeled_images": len(labeled), "unlabeled_images": len(unlabeled) if unlabeled is not None else 0,
-        "processes": info.world_size, "curve": curve,
+        "aAcc": result["aAcc"], "per_class_acc": result["per_class_acc"], "split": run.cfg.data.val_split,
+        "method": run.cfg.method.name, "steps": run.max_iters, "train_seconds": round(run.train_seconds, 1),
+        "seconds_per_step": round(run.train_seconds / max(run.max_iters - run.start_step, 1), 4),
+        "labeled_images": len(run.labeled), "unlabeled_images": len(run.unlabeled) if run.unlabeled is not None else 0,
+        "processes": run.info.world_size, "curve": curve,
         "best_mIoU": max(p["mIoU"] for p in curve), "best_step": max(curve, key=lambda p: p["mIoU"])["step"],
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (run.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(format_iou_table(result))
     return metrics
 
@@ -369,14 +427,6 @@ def _to_device(batch: dict, device: torch.device, memory_format=torch.contiguous
                 v = v.contiguous(memory_format=memory_format)
         out[k] = v
     return out
-
-
-def _progress_fields(scalars: dict, lr: float) -> dict:
-    short = {"loss": "loss", "loss_unsup": "Lu", "loss_contrastive": "Lc", "reliable_fraction": "rel",
-             "lambda_u": "lam_u", "gamma": "gamma"}
-    fields = {name: f"{scalars[k]:.3f}" for k, name in short.items() if k in scalars}
-    fields["lr"] = f"{lr:.2e}"
-    return fields
 
 
 def _is_scalar(v) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..engine.distributed import LOCAL, Comm
+from ..comm import LOCAL, Comm
 
 
 def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:

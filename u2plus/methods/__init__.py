@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Method, StepContext
+from .mean_teacher import MeanTeacher
+from .semi_supervised import SemiSupervised
 from .suponly import SupOnly
-from .u2pl import U2PLPlus
 
-# selftrain, u2pl and u2pl_plus are one composition with different switches (config presets)
+# selftrain, u2pl and u2pl_plus are one recipe with different criterion switches (config presets)
 METHODS = {
     "suponly": SupOnly,
-    "selftrain": U2PLPlus,
-    "u2pl": U2PLPlus,
-    "u2pl_plus": U2PLPlus,
+    "selftrain": SemiSupervised,
+    "u2pl": SemiSupervised,
+    "u2pl_plus": SemiSupervised,
 }
 
 
@@ -28,4 +29,4 @@ def build_method(cfg, student) -> Method:
     return method_class(cfg)(cfg, student)
 
 
-__all__ = ["METHODS", "Method", "StepContext", "build_method", "method_class"]
+__all__ = ["METHODS", "MeanTeacher", "Method", "SemiSupervised", "StepContext", "build_method", "method_class"]

@@ -1,9 +1,12 @@
 """What every training method shares: the student, the supervised loss and the step context.
 
 A method is an ``nn.Module`` holding all of its trainable and stateful parts (student, teacher,
-prototypes, queues), so one ``state_dict`` checkpoints all of them. The engine calls
-``training_step`` (returns the loss to back-propagate and scalar logs) and, after the optimiser
-step, ``after_optimizer_step``.
+criterion with its prototypes and queues), so one ``state_dict`` checkpoints all of them. It
+declares what the engine needs to know, and the engine knows nothing else of it: its data
+``streams`` (``labeled`` alone, or ``labeled`` + ``unlabeled``), its optimiser
+:meth:`param_groups` and the ``progress_fields`` of the progress bar. The engine calls
+``training_step`` (returns the loss to back-propagate and logs) and, after the optimiser step,
+``after_optimizer_step``.
 
 Under ``torchrun`` the engine attaches the process group's collectives (``self.comm``) and the
 DDP-wrapped student (used by :meth:`Method.student_forward`); every loss is then this process's
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..engine.distributed import LOCAL, Comm
+from ..comm import LOCAL, Comm
 from ..losses.supervised import ohem_cross_entropy, pixel_cross_entropy, weighted_pixel_count
 
 
@@ -35,7 +38,10 @@ class StepContext:
 
 
 class Method(nn.Module):
-    semi_supervised = False
+    # data streams the method trains on; an epoch is one pass over the last of them
+    streams: tuple[str, ...] = ("labeled",)
+    # log key -> short name shown in the progress bar (beside the total loss and the lr)
+    progress_fields: dict[str, str] = {}
 
     def __init__(self, cfg, student: nn.Module):
         super().__init__()
@@ -62,10 +68,12 @@ class Method(nn.Module):
         runner = self.__dict__["_student_runner"] or self.student
         return runner(x, with_rep=with_rep)
 
-    def global_image_ids(self, local_batch: int, offset: int = 0) -> torch.Tensor:
-        """Indices in the global batch of this process's ``local_batch`` images (the sampler
-        gives process ``r`` the ``r``-th contiguous slice), plus ``offset``."""
-        return offset + self.comm.rank * local_batch + torch.arange(local_batch)
+    def param_groups(self) -> list[dict]:
+        """Optimiser groups: ``params`` and ``lr_mult`` (times ``train.lr``): the encoder at 1,
+        decoder and heads at ``train.head_lr_mult`` (x10 in the paper)."""
+        encoder, heads = self.student.param_groups()
+        return [{"name": "encoder", "params": encoder, "lr_mult": 1.0},
+                {"name": "decoder_heads", "params": heads, "lr_mult": self.cfg.train.head_lr_mult}]
 
     def supervised_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """L_s (Eq. 3), OHEM when ``train.ohem``: mean over the valid pixels of the global batch

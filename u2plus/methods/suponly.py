@@ -6,8 +6,6 @@ from .base import Method, StepContext
 
 
 class SupOnly(Method):
-    semi_supervised = False
-
     def training_step(self, labeled: dict, unlabeled: dict | None, ctx: StepContext):
         logits = self.student_forward(labeled["image"])["logits"]
         loss = self.supervised_loss(logits, labeled["mask"])

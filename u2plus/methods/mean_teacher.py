@@ -1,0 +1,105 @@
+"""The mean-teacher base shared by the semi-supervised (and the coming domain-adaptive and
+weakly-supervised) recipes: an EMA teacher of the student (paper Eq. 2), run in eval mode, copied
+from the student through a supervised-only warm-up (METHOD step 11)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from .base import Method, StepContext
+
+__all__ = ["MeanTeacher", "ema_momentum", "ema_update"]
+
+
+def ema_momentum(step: int, max_momentum: float, start: int = 0, ramp: bool = True) -> float:
+    """Momentum of the EMA update after ``step`` (METHOD step 11). Before ``start`` it is 0: the
+    teacher follows the student exactly (the reference code's copy at the end of the
+    supervised-only warm-up). From ``start`` on, with ``ramp``: ``m_t = min(1 - 1/(t + 1),
+    max_momentum)``, ``t = step - start`` (0 at ``start``, so that update copies the student
+    too); without: ``max_momentum`` at once, for a teacher that starts from a trained network."""
+    t = step - start
+    if t < 0:
+        return 0.0
+    if not ramp:
+        return max_momentum
+    return min(1.0 - 1.0 / (t + 1), max_momentum)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """``theta_t <- m * theta_t + (1 - m) * theta_s`` (Eq. 2), in place on ``teacher``.
+
+    Parameters *and* floating-point buffers (BN running mean/var) are blended; integer buffers
+    (``num_batches_tracked``) are copied. The two modules must have the same structure (pass
+    the unwrapped student, not a DDP wrapper). Uses ``torch._foreach_*`` ops.
+    """
+    t_params = list(teacher.parameters())
+    s_params = list(student.parameters())
+    t_bufs = list(teacher.buffers())
+    s_bufs = list(student.buffers())
+    if len(t_params) != len(s_params) or len(t_bufs) != len(s_bufs):
+        raise ValueError("ema_update: teacher and student have different structures")
+    t_float, s_float, t_int, s_int = [], [], [], []
+    for t, s in zip(t_params + t_bufs, s_params + s_bufs):
+        if t.shape != s.shape:
+            raise ValueError(f"ema_update: shape mismatch {tuple(t.shape)} vs {tuple(s.shape)}")
+        if t.is_floating_point():
+            t_float.append(t)
+            s_float.append(s.detach().to(dtype=t.dtype, device=t.device))
+        else:
+            t_int.append(t)
+            s_int.append(s.detach().to(device=t.device))
+    if t_float:
+        torch._foreach_mul_(t_float, momentum)
+        torch._foreach_add_(t_float, s_float, alpha=1.0 - momentum)
+    if t_int:
+        torch._foreach_copy_(t_int, s_int)
+
+
+class MeanTeacher(Method):
+    """Student + EMA teacher. The first ``method.sup_only_epochs`` train with L_s alone
+    (:meth:`in_warmup`); the teacher copies the student through them and its EMA ramp counts from
+    the first step that uses the unlabeled stream (``method.ema_from_semi_start``)."""
+
+    streams = ("labeled", "unlabeled")
+
+    def __init__(self, cfg, student: nn.Module):
+        super().__init__(cfg, student)
+        self.teacher = copy.deepcopy(student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher always runs in eval mode (BN running statistics)
+        return self
+
+    def eval_model(self) -> nn.Module:
+        return self.teacher if self.cfg.method.eval_teacher else self.student
+
+    def first_semi_step(self, ctx: StepContext) -> int:
+        """First step with the unlabeled losses (after ``sup_only_epochs`` of L_s alone)."""
+        return math.ceil(self.cfg.method.sup_only_epochs * max(ctx.iters_per_epoch, 1) - 1e-9)
+
+    def in_warmup(self, ctx: StepContext) -> bool:
+        return ctx.step < self.first_semi_step(ctx)
+
+    def step_seed(self, step: int) -> int:
+        """Seed of a step's draws (CutMix boxes, anchors, negatives): deterministic given
+        (seed, step), so resume replays the same draws, and the global RNG is untouched."""
+        return self.cfg.seed * 1_000_003 + step
+
+    def generator(self, step: int, device) -> torch.Generator:
+        """This process's generator of the step (each process mixes its own images)."""
+        g = torch.Generator(device=device)
+        g.manual_seed(self.step_seed(step) * 131 + self.comm.rank)
+        return g
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        m = self.cfg.method
+        start = self.first_semi_step(ctx) if m.ema_from_semi_start else 0
+        ema_update(self.teacher, self.student, ema_momentum(ctx.step, m.ema_momentum, start, m.ema_ramp))

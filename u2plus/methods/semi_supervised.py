@@ -1,0 +1,64 @@
+"""Semi-supervised recipe (paper Sec. 3, METHOD steps 1-11): a mean teacher, CutMix of the strong
+view and the U2PL+ criterion. ``selftrain`` (the paper's CutMix baseline), ``u2pl`` (conference
+version) and ``u2pl_plus`` are this recipe with the criterion's switches of their presets
+(``METHOD_PRESETS`` in :mod:`u2plus.config`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..criterion import CriterionConfig, U2PLPlusCriterion
+from ..errors import ConfigError
+from .base import StepContext
+from .cutmix import apply_cutmix, cutmix_masks, cutmix_partners
+from .mean_teacher import MeanTeacher
+
+
+def criterion_config(method_cfg) -> CriterionConfig:
+    """The criterion's knobs, read from the ``method`` section (which holds all of them)."""
+    return CriterionConfig(**{f.name: method_cfg[f.name] for f in dataclasses.fields(CriterionConfig)})
+
+
+class SemiSupervised(MeanTeacher):
+    progress_fields = {"loss_unsup": "Lu", "loss_contrastive": "Lc", "reliable_fraction": "rel",
+                       "lambda_u": "lam_u", "gamma": "gamma"}
+
+    def __init__(self, cfg, student):
+        super().__init__(cfg, student)
+        self.criterion = U2PLPlusCriterion(criterion_config(cfg.method), student.num_classes, cfg.model.rep_dim,
+                                           self.ignore_index)
+        if self.criterion.needs_teacher_rep and not cfg.model.rep_head:
+            raise ConfigError(f"method.name={cfg.method.name} needs model.rep_head=true (contrastive/denoising)")
+
+    def attach_distributed(self, comm, student_runner) -> None:
+        super().attach_distributed(comm, student_runner)
+        self.criterion.comm = comm
+
+    def training_step(self, labeled: dict, unlabeled: dict | None, ctx: StepContext):
+        m, crit = self.cfg.method, self.criterion
+        x_l, y_l = labeled["image"], labeled["mask"]
+        if unlabeled is None or self.in_warmup(ctx):
+            loss = self.supervised_loss(self.student_forward(x_l)["logits"], y_l)
+            return loss, {"loss_sup": loss.detach()}
+        x_u, x_strong = unlabeled["image"], unlabeled["image_strong"]
+        b_l, b_u = x_l.shape[0], x_u.shape[0]
+        gen = self.generator(ctx.step, x_l.device)
+        with torch.no_grad():
+            teacher = self.teacher(torch.cat([x_l, x_u]), with_rep=crit.needs_teacher_rep)
+            box = cutmix_masks(b_u, *y_l.shape[-2:], m.cutmix_prob, tuple(m.cutmix_area), gen, x_u.device)
+            partner = cutmix_partners(b_u, gen)
+            x_mix = apply_cutmix(box, partner, x_strong)[0]
+        student = self.student_forward(torch.cat([x_l, x_mix]), with_rep=crit.needs_student_rep)
+        loss_sup = self.supervised_loss(student["logits"][:b_l], y_l)
+        t_rep, s_rep = teacher.get("rep"), student.get("rep")
+        out = crit(
+            labels=y_l, teacher_logits_l=teacher["logits"][:b_l], teacher_logits_u=teacher["logits"][b_l:],
+            student_logits_u=student["logits"][b_l:],
+            teacher_rep_l=None if t_rep is None else t_rep[:b_l], teacher_rep_u=None if t_rep is None else t_rep[b_l:],
+            student_rep_l=None if s_rep is None else s_rep[:b_l], student_rep_u=None if s_rep is None else s_rep[b_l:],
+            valid_u=unlabeled.get("valid"), progress=ctx.progress, cutmix=(box, partner),
+            seed=self.step_seed(ctx.step), unlabeled_labels=unlabeled.get("mask"))
+        logs = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items() if k != "loss"}
+        return loss_sup + out["loss"], {"loss_sup": loss_sup.detach(), **logs}
