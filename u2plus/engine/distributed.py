@@ -6,7 +6,7 @@ the device: NCCL for CUDA, gloo otherwise. ``data.batch_size`` and ``data.unlabe
 are *global* batches, split evenly over the processes.
 
 The losses take a :class:`Comm` (``LOCAL`` at one process, where every collective is the
-identity) and use it for the global quantities of METHOD.md: the entropy quantile gamma_t over
+identity) and use it for the global quantities of docs/method.md: the entropy quantile gamma_t over
 the global unlabeled batch, prototype sums and counts, the memory-bank keys of a step (one
 padded all-gather) and the normalising counts of each loss term. Each process returns its share
 of the global-mean loss (``local sum / global count``); the shares add up to the global loss,

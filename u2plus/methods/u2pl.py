@@ -1,4 +1,4 @@
-"""The U2PL+ semi-supervised / domain-adaptive step (METHOD.md steps 1-11), and its ablations.
+"""The U2PL+ semi-supervised / domain-adaptive step (docs/method.md steps 1-11), and its ablations.
 
 ``selftrain`` (mean teacher + CutMix + entropy-filtered pseudo-labels), ``u2pl`` (conference
 version) and ``u2pl_plus`` are this one composition with switches from ``cfg.method``
