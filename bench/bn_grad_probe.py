@@ -27,6 +27,9 @@ from u2plus.data.transforms import TrainTransform  # noqa: E402
 from u2plus.engine.trainer import normalisation  # noqa: E402
 from u2plus.methods import StepContext, build_method  # noqa: E402
 from u2plus.models import build_segmentor  # noqa: E402
+from u2plus.paths import use_data_dir_if_unset  # noqa: E402
+
+use_data_dir_if_unset(REPO.parent / "shared" / "data")  # this machine's data directory, unless U2PLUS_DATA is set
 
 CHECKPOINTS = {True: REPO / "runs/bench/suponly_1-8feb_b4_s0/last.pt",
                False: REPO / "runs/bench/suponly_1-8_b4_s1/last.pt"}

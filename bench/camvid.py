@@ -31,6 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from u2plus.paths import resolve_root, use_data_dir_if_unset  # noqa: E402
+
+use_data_dir_if_unset(REPO.parent / "shared" / "data")  # this machine's data directory, unless U2PLUS_DATA is set
 ENV = {"MALLOC_MMAP_THRESHOLD_": "17179869184", "MALLOC_TRIM_THRESHOLD_": "17179869184",
        "MALLOC_TOP_PAD_": "1073741824"}
 SECTIONS = {"suponly": "## CamVid SupOnly", "semi": "## CamVid semi-supervised"}
@@ -82,7 +86,7 @@ def run_one(config: str, seed: int, extra: list[str], tag: str, runs: Path) -> P
 def image_size(cfg: dict) -> list[int] | None:
     """[height, width] of the val images as trained on (first val image, after data.resize_factor)."""
     data = cfg["data"]
-    folder = Path(data["root"]) if Path(data["root"]).is_absolute() else REPO / data["root"]
+    folder = resolve_root(data["root"], cwd=REPO)  # the runs start in REPO
     try:
         from PIL import Image
 

@@ -29,7 +29,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from camvid import SECTIONS, add_to_section, machine  # noqa: E402
+from camvid import SECTIONS, add_to_section, machine  # noqa: E402  (also sets U2PLUS_DATA here)
+from u2plus.paths import data_dir  # noqa: E402
 
 NUM_CLASSES, VOID, SIZE, CROP = 11, 11, (240, 180), (160, 224)
 
@@ -89,7 +90,7 @@ def main() -> None:
     ap.add_argument("--model", choices=("ours", "smp"), default="ours")
     ap.add_argument("--labeled", default=str(REPO / "u2plus/splits/camvid/1-8/labeled.txt"),
                     help="labeled id list (default: the shipped 1/8 partition); 'all' for every train image")
-    ap.add_argument("--root", default=str(REPO.parent / "shared/data/camvid"))
+    ap.add_argument("--root", default=str(data_dir() / "camvid"), help="CamVid folder (default: camvid in the data directory)")
     ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=1)

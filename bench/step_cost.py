@@ -40,6 +40,9 @@ from u2plus.losses.supervised import pixel_cross_entropy  # noqa: E402
 from u2plus.methods import StepContext, build_method  # noqa: E402
 from u2plus.methods import SemiSupervised  # noqa: E402
 from u2plus.models import build_segmentor  # noqa: E402
+from u2plus.paths import use_data_dir_if_unset  # noqa: E402
+
+use_data_dir_if_unset(REPO.parent / "shared" / "data")  # this machine's data directory, unless U2PLUS_DATA is set
 
 
 class U2PLPlusNoop(SemiSupervised):

@@ -1,4 +1,8 @@
-"""Shared test fixtures. Tests run on CPU with one thread so they are deterministic and fast."""
+"""Shared test fixtures. Tests run on CPU with one thread so they are deterministic and fast.
+
+Where ``../shared/data`` exists beside the repository (and ``U2PLUS_DATA`` is unset), it is the
+data directory of the tests: configs naming ``root: camvid`` find the real CamVid there.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from u2plus.paths import ENV, data_dir, use_data_dir_if_unset
+
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEMO_ROOT = REPO / "u2plus" / "demo_data" / "camvid_half"
+use_data_dir_if_unset(SHARED_DATA)
 
 
 @pytest.fixture
 def camvid_root() -> Path:
-    root = SHARED_DATA / "camvid"
+    """The real CamVid of the data directory (``../shared/data`` here), as the configs find it."""
+    root = data_dir() / "camvid"
     if not root.is_dir():
-        pytest.skip(f"real CamVid not found at {root} (../shared/data is absent)")
+        pytest.skip(f"real CamVid not found at {root} ({ENV} unset and ../shared/data absent, "
+                    "or no camvid/ in it)")
     return root
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``u2plus train|eval|predict|visualize|splits``.
+"""Command line: ``u2plus train|eval|predict|visualize|splits|data``.
 
 Errors a user can fix (bad data, unknown config key, missing file) end in one line
 ``error: ...`` and exit status 2.
@@ -11,15 +11,22 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import U2PlusError
+from .errors import DataError, U2PlusError
+from .paths import PREPARABLE
 
 EPILOG = """examples:
-  u2plus train configs/camvid/suponly_1-8.yaml data.root=../shared/data/camvid train.max_iters=100 out_dir=runs/x
+  u2plus data prepare camvid                   # download and verify CamVid into $U2PLUS_DATA/camvid (default ./data)
+  u2plus data check camvid                     # counts, pairs, sizes and label values of that folder
+  u2plus train configs/camvid/suponly_1-8.yaml train.max_iters=100 out_dir=runs/x
+  u2plus train configs/camvid/suponly_1-8.yaml data.root=/elsewhere/camvid out_dir=runs/x
   u2plus train configs/camvid/suponly_1-8.yaml out_dir=runs/x resume=auto     # continue an interrupted run
   u2plus eval configs/camvid/suponly_1-8.yaml --checkpoint runs/x/last.pt --split val --out runs/x/val.json
   u2plus predict --checkpoint runs/x/last.pt photo.jpg frames/ --out predictions/
   u2plus visualize --checkpoint runs/x/last.pt photo.jpg --out figures/
-  u2plus splits --dataset camvid --root ../shared/data/camvid --labeled 1/8 --seed 0 --out splits/camvid/1-8
+  u2plus splits --dataset camvid --labeled 1/8 --seed 0 --out splits/camvid/1-8
+
+data: data.root names a dataset folder: absolute, or relative to the current directory when it exists
+there, else relative to the data directory $U2PLUS_DATA (default ./data); see docs/datasets.md.
 """
 
 
@@ -71,11 +78,29 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("splits", help="write a seeded labeled/unlabeled partition of a dataset's train split",
                        description="Partition the training ids of a dataset into labeled.txt and unlabeled.txt.")
     s.add_argument("--dataset", required=True, help="camvid, voc, cityscapes, gta5, synthia, ccp, folder")
-    s.add_argument("--root", required=True)
+    s.add_argument("--root", default=None, help="dataset folder (default: DATASET in the data directory)")
     s.add_argument("--labeled", required=True, help="fraction (1/16, 1/8, 1/4, 1/2, 0.1) or a count (92)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="extra data.* settings, e.g. voc_variant=blender num_classes=59")
+
+    d = sub.add_parser("data", help="download, convert and check datasets (docs/datasets.md)",
+                       description="Datasets live in the data directory $U2PLUS_DATA (default ./data), one "
+                       "folder per dataset, which is where the configs look for them.")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dp = dsub.add_parser("prepare", help="download (resumable, verified) and convert a dataset",
+                         description="Download what can be downloaded, verify it (published checksums, "
+                         "else file counts) and unpack it into the layout u2plus reads; for sources behind a "
+                         "login, say what to download and convert the archives once they are in place. "
+                         "Rerunning skips what is already verified; ends with `data check`.")
+    dc = dsub.add_parser("check", help="verify a dataset folder in seconds",
+                         description="Image/mask pairs per split against the published counts, pairing, "
+                         "sizes (headers), label values (of a few hundred masks per split, --all: every one). "
+                         "Prints one summary line, or every problem with its file (exit status 2).")
+    for q in (dp, dc):
+        q.add_argument("name", choices=PREPARABLE, metavar="NAME", help=", ".join(PREPARABLE))
+        q.add_argument("--root", default=None, help="dataset folder (default: NAME in the data directory)")
+    dc.add_argument("--all", action="store_true", help="read the label values of every mask")
     return p
 
 
@@ -131,17 +156,32 @@ def cmd_splits(args) -> None:
     from .config import _merge
 
     num_classes = DEFAULT_NUM_CLASSES.get(args.dataset, 11)
-    data_cfg = OmegaConf.structured(DataConfig(dataset=args.dataset, root=args.root, num_classes=num_classes))
+    data_cfg = OmegaConf.structured(DataConfig(dataset=args.dataset, root=args.root or args.dataset,
+                                               num_classes=num_classes))
     for item in args.overrides:
         data_cfg = _merge(data_cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
     n_l, n_u = splits_command(data_cfg, args.labeled, args.seed, args.out)
     print(f"wrote {n_l} labeled and {n_u} unlabeled ids to {args.out}")
 
 
+def cmd_data(args) -> None:
+    from .data.prepare import check, prepare
+
+    if args.data_command == "prepare":
+        print(prepare(args.name, args.root))
+        return
+    summary, problems = check(args.name, args.root, every_mask=args.all)
+    for line in problems:
+        print(line)
+    if problems:
+        raise DataError(summary)
+    print(summary)
+
+
 DEFAULT_NUM_CLASSES = {"camvid": 11, "voc": 21, "cityscapes": 19, "gta5": 19, "synthia": 19, "ccp": 7}
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "visualize": cmd_visualize,
-            "splits": cmd_splits}
+            "splits": cmd_splits, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

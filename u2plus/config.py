@@ -23,7 +23,9 @@ from .errors import ConfigError
 @dataclass
 class DataConfig:
     dataset: str = "camvid"  # camvid | voc | cityscapes | gta5 | synthia | ccp | folder
-    root: str = "../shared/data/camvid"
+    # the dataset's folder: absolute, or relative to the current directory where it exists there,
+    # else relative to the data directory $U2PLUS_DATA (default ./data; see u2plus/paths.py)
+    root: str = "camvid"
     num_classes: int = 11
     ignore_index: int = 255
     train_split: str = "train"
@@ -141,12 +143,12 @@ class MethodConfig(CriterionConfig):
     ema_momentum: float = 0.99  # max EMA momentum of the teacher (0.999 for DA)
     eval_teacher: bool = True  # evaluate / export the EMA teacher (else the student)
     sup_only_epochs: float = 0.0  # first epochs train with L_s alone
-    # true (METHOD step 11): during those epochs the teacher is a copy of the student and the
+    # true (docs/method.md step 11): during those epochs the teacher is a copy of the student and the
     # EMA warm-up of m_t counts from the first semi-supervised step, as in the reference code;
     # false: m_t counts from step 0, so the first teacher averages the untrained early students
     # (identical when sup_only_epochs = 0)
     ema_from_semi_start: bool = True
-    # m_t = min(1 - 1/(t + 1), ema_momentum) from the first semi-supervised step (METHOD step 11);
+    # m_t = min(1 - 1/(t + 1), ema_momentum) from the first semi-supervised step (docs/method.md step 11);
     # false: ema_momentum at once (a teacher that starts trained, e.g. train.init_from, then does
     # not follow the student's first semi-supervised updates)
     ema_ramp: bool = True

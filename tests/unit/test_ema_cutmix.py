@@ -1,4 +1,4 @@
-"""Eq. 2 (EMA teacher) and CutMix (METHOD step 4)."""
+"""Eq. 2 (EMA teacher) and CutMix (docs/method.md, step 4)."""
 
 import pytest
 import torch
@@ -128,7 +128,7 @@ def test_cutmix_partners_never_self_and_uniform_over_the_others():
     g = torch.Generator().manual_seed(0)
     draws = torch.stack([cutmix_partners(4, g) for _ in range(4000)])  # [4000, 4]
     assert draws.dtype == torch.long
-    assert not bool((draws == torch.arange(4)).any())  # METHOD step 4: never the image itself
+    assert not bool((draws == torch.arange(4)).any())  # docs/method.md, step 4: never the image itself
     # each other image is the partner a third of the time (a permutation drawn with randperm
     # would make an image its own partner a quarter of the time at 4 images)
     for i in range(4):

@@ -157,7 +157,7 @@ def test_sup_only_warmup_skips_unlabeled_losses():
 
 
 def test_crop_padding_of_unlabeled_images_is_never_pseudo_labelled(monkeypatch):
-    # METHOD: padding is never a class. ``valid`` False on the left half (padding): no
+    # docs/method.md: padding is never a class. ``valid`` False on the left half (padding): no
     # pseudo-label and no reliable pixel there; reliable fraction and lambda_u over valid pixels
     import u2plus.criterion as u2pl_module
 
@@ -190,7 +190,7 @@ def _same_weights(a, b) -> bool:
 
 
 def test_teacher_copies_student_through_warmup_and_first_semi_step_by_default():
-    # METHOD step 11 (the default): iters_per_epoch 5, 0.4 epochs of L_s alone: steps 0-1
+    # docs/method.md, step 11 (the default): iters_per_epoch 5, 0.4 epochs of L_s alone: steps 0-1
     # warm-up, step 2 the first semi-supervised step (m = 0 there too), step 3 m = 0.5
     method = make_method("u2pl_plus", "method.sup_only_epochs=0.4")
     assert method.cfg.method.ema_from_semi_start

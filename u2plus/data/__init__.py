@@ -8,6 +8,7 @@ from typing import Optional
 from ..errors import ConfigError, DataError
 from . import camvid, ccp, cityscapes, folder, gta5, synthia, voc
 from .base import SampleRef, SegmentationDataset, read_id_list
+from ..paths import data_dir, dataset_root, resolve_root
 
 DATASETS = {
     "camvid": camvid.build,
@@ -37,12 +38,16 @@ def resolve_split_file(path: str) -> Path:
 
 
 def build_dataset(data_cfg, split: str) -> SegmentationDataset:
+    """One split of ``data.dataset``, with ``data.root`` resolved (:mod:`u2plus.paths`)."""
     try:
         builder = DATASETS[data_cfg.dataset]
     except KeyError:
         raise ConfigError(
             f"data.dataset={data_cfg.dataset!r} is not one of {', '.join(sorted(DATASETS))}"
         ) from None
+    if data_cfg.dataset != "folder":  # folder datasets name their own image and mask folders
+        data_cfg = data_cfg.copy()
+        data_cfg.root = str(dataset_root(data_cfg.dataset, data_cfg.root))
     ds = builder(data_cfg, split)
     if ds.num_classes != data_cfg.num_classes:
         raise ConfigError(
@@ -87,6 +92,6 @@ def build_train_sets(data_cfg, semi_supervised: bool) -> tuple[SegmentationDatas
 
 
 __all__ = [
-    "DATASETS", "SampleRef", "SegmentationDataset", "build_dataset", "build_train_sets",
-    "read_id_list", "register", "resolve_split_file",
+    "DATASETS", "SampleRef", "SegmentationDataset", "build_dataset", "build_train_sets", "data_dir",
+    "read_id_list", "register", "resolve_root", "resolve_split_file",
 ]

@@ -188,35 +188,54 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def check_files(self) -> None:
         """Decode every file once: readable images, masks of the same size, label values in
         0..C-1 or ``ignore_index``. Raises DataError naming the first bad file."""
+        for ref in self.items:
+            problem = self.file_problem(ref)
+            if problem:
+                raise DataError(problem)
+
+    def file_problem(self, ref: SampleRef, labels: bool = True, pixels: bool = True) -> Optional[str]:
+        """The first thing wrong with one sample's files, as a line naming the file, or None.
+
+        ``pixels=False`` reads only the image's header (size); ``labels=False`` only the mask's,
+        without checking its label values (``u2plus data check`` on large datasets).
+        """
+        try:
+            if pixels:
+                width, height = read_image(ref.image).shape[:0:-1]
+            else:
+                width, height = image_size(ref.image)
+            if ref.mask is None:
+                return None
+            mask = self.load_mask(ref.mask) if labels else None
+            mask_w, mask_h = (mask.shape[1], mask.shape[0]) if labels else image_size(ref.mask, "mask")
+        except DataError as e:
+            return str(e)
+        if (mask_w, mask_h) != (width, height):
+            return f"mask {ref.mask} is {mask_w}x{mask_h} but its image {ref.image} is {width}x{height}"
+        if not labels:
+            return None
         valid = np.zeros(max(self.ignore_index, self.num_classes) + 1, dtype=bool)
         valid[: self.num_classes] = True
         valid[self.ignore_index] = True
-        for ref in self.items:
-            if ref.mask is None:
-                try:
-                    with Image.open(ref.image) as im:
-                        im.convert("RGB").load()
-                except FileNotFoundError:
-                    raise DataError(f"image not found: {ref.image}") from None
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                    raise DataError(f"cannot decode image {ref.image}: {e}") from None
-                continue
-            image = read_image(ref.image)
-            mask = self.load_mask(ref.mask)
-            if mask.shape != tuple(image.shape[1:]):
-                raise DataError(
-                    f"mask {ref.mask} is {mask.shape[1]}x{mask.shape[0]} but its image "
-                    f"{ref.image} is {image.shape[2]}x{image.shape[1]}"
-                )
-            values = np.unique(mask)
-            bad = values[(values < 0) | (values >= len(valid))]
-            if bad.size == 0:
-                bad = values[~valid[values]]
-            if bad.size:
-                raise DataError(
-                    f"mask {ref.mask} has label value(s) {bad[:5].tolist()} outside 0..{self.num_classes - 1}"
-                    f" and ignore {self.ignore_index}"
-                )
+        values = np.unique(mask)
+        bad = values[(values < 0) | (values >= len(valid))]
+        if bad.size == 0:
+            bad = values[~valid[values]]
+        if bad.size:
+            return (f"mask {ref.mask} has label value(s) {bad[:5].tolist()} outside 0..{self.num_classes - 1}"
+                    f" and ignore {self.ignore_index}")
+        return None
+
+
+def image_size(path: Path, what: str = "image") -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding its pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"cannot decode {what} {path}: {e}") from None
 
 
 def read_id_list(path: Path) -> list[str]:

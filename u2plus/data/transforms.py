@@ -88,7 +88,7 @@ class TrainTransform:
         inputs = {k: sample[k] for k in ("image", "mask") if k in sample}
         if self.strong is not None:
             # unlabeled: track crop padding (filled with ignore) so that padded pixels never
-            # get a pseudo-label or enter the entropy quantile (METHOD: padding is never a class)
+            # get a pseudo-label or enter the entropy quantile (docs/method.md: padding is never a class)
             inputs["valid"] = tv_tensors.Mask(torch.zeros(sample["image"].shape[-2:], dtype=torch.uint8))
         out = self.weak(inputs)
         result = {"id": sample["id"], "index": sample["index"], "image": self.normalize(out["image"])}

@@ -114,7 +114,7 @@ def contrastive_loss(
     image_ids: Tensor | None = None,
     comm: Comm = LOCAL,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """``L_c`` of Eq. 10 following Algorithm 1 (METHOD.md step 9), all classes at once.
+    """``L_c`` of Eq. 10 following Algorithm 1 (docs/method.md step 9), all classes at once.
 
     1. Anchors of class ``c``: the pixels of ``anchors_mask[:, c]``; up to ``M`` per class sampled
        over the *global* batch; their *student* features (L2-normalised) carry the gradient.

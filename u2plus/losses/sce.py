@@ -20,7 +20,7 @@ def symmetric_cross_entropy(
     xi2: float = 0.1,
     ignore_index: int = 255,
 ) -> Tensor:
-    """Per-pixel ``l_sce = xi1 * CE + xi2 * RCE`` (Eq. 4, METHOD step 7).
+    """Per-pixel ``l_sce = xi1 * CE + xi2 * RCE`` (Eq. 4, docs/method.md step 7).
 
     ``RCE = -sum_k p(k) log(clamp(onehot(y)(k), 1e-4, 1)) = -log(1e-4) * (1 - p(y))``.
 

@@ -1,4 +1,4 @@
-"""CutMix for the strongly augmented unlabeled batch (METHOD step 4)."""
+"""CutMix for the strongly augmented unlabeled batch (docs/method.md step 4)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def apply_cutmix(mask: Tensor, partner: Tensor, *tensors: Tensor) -> tuple[Tenso
 def cutmix_partners(
     batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
 ) -> Tensor:
-    """Partner of each image (METHOD step 4): image ``i`` takes its box content from
+    """Partner of each image (docs/method.md step 4): image ``i`` takes its box content from
     ``partner[i]``, drawn uniformly among the *other* images of the batch (never ``i`` itself,
     whose box would change nothing); an image may be the partner of several. A batch of one
     image has no partner: its partner is itself and CutMix leaves it unchanged."""

@@ -1,6 +1,6 @@
 """The mean-teacher base shared by the semi-supervised (and the coming domain-adaptive and
 weakly-supervised) recipes: an EMA teacher of the student (paper Eq. 2), run in eval mode, copied
-from the student through a supervised-only warm-up (METHOD step 11)."""
+from the student through a supervised-only warm-up (docs/method.md, step 11)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ __all__ = ["MeanTeacher", "ema_momentum", "ema_update"]
 
 
 def ema_momentum(step: int, max_momentum: float, start: int = 0, ramp: bool = True) -> float:
-    """Momentum of the EMA update after ``step`` (METHOD step 11). Before ``start`` it is 0: the
+    """Momentum of the EMA update after ``step`` (docs/method.md, step 11). Before ``start`` it is 0: the
     teacher follows the student exactly (the reference code's copy at the end of the
     supervised-only warm-up). From ``start`` on, with ``ramp``: ``m_t = min(1 - 1/(t + 1),
     max_momentum)``, ``t = step - start`` (0 at ``start``, so that update copies the student

@@ -1,4 +1,4 @@
-"""Semi-supervised recipe (paper Sec. 3, METHOD steps 1-11): a mean teacher, CutMix of the strong
+"""Semi-supervised recipe (paper Sec. 3, docs/method.md, steps 1-11): a mean teacher, CutMix of the strong
 view and the U2PL+ criterion. ``selftrain`` (the paper's CutMix baseline), ``u2pl`` (conference
 version) and ``u2pl_plus`` are this recipe with the criterion's switches of their presets
 (``METHOD_PRESETS`` in :mod:`u2plus.config`)."""

@@ -1,4 +1,4 @@
-"""Heads on the decoder map F (METHOD.md, "Model")."""
+"""Heads on the decoder map F (docs/method.md, "Network")."""
 
 from __future__ import annotations
 
