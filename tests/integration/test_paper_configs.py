@@ -44,11 +44,22 @@ def test_config_trains_two_steps(config, tmp_path):
         "data.unlabeled=null", "data.crop_size=[32,32]", "data.batch_size=2", "data.unlabeled_batch_size=2",
         "data.num_workers=0", "data.resize_factor=1.0", "model.pretrained=none", "train.epochs=null",
         "train.max_iters=2", "train.ohem_min_kept=100", "train.num_threads=1", "eval.crop_size=[32,32]",
-        "eval.scales=[1.0]", "method.queue_size=256", f"out_dir={tmp_path / 'run'}",
+        "eval.scales=[1.0]", "method.queue_size=256", "method.sup_only_epochs=0", "train.log_every=1",
+        "method.delta_p=0.0",  # a random network is nowhere sure enough for an anchor at the default 0.3
+        f"out_dir={tmp_path / 'run'}",
     ])
     metrics = train(cfg)
     assert np.isfinite(metrics["mIoU"]) and metrics["steps"] == 2
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == base.method.name
+    # every loss term the method claims was logged at the last step, finite and non-zero
+    from u2plus.methods import build_method
+    from u2plus.models import build_segmentor
+
+    terms = build_method(cfg, build_segmentor(cfg.model, c)).loss_terms
+    logged = metrics["last_train_logs"]
+    assert logged["step"] == 2 and "loss_sup" in terms
+    for term in terms:
+        assert np.isfinite(logged[term]) and logged[term] > 0, term
 
 
 PAPER_SPLITS = {**{f"pascal/{n}": n for n in (92, 183, 366, 732, 1464, 662, 1323, 2646, 5291)},

@@ -50,11 +50,20 @@ def run_steps(method, steps: int = 2, with_unlabeled_masks: bool = False, first_
     return out
 
 
-@pytest.mark.parametrize("name", ["suponly", "selftrain", "u2pl", "u2pl_plus"])
-def test_every_method_trains_two_steps_with_finite_loss(name):
+@pytest.mark.parametrize("name, terms", [("suponly", {"loss_sup"}), ("selftrain", {"loss_sup", "loss_unsup"}),
+                                         ("u2pl", {"loss_sup", "loss_unsup", "loss_contrastive"}),
+                                         ("u2pl_plus", {"loss_sup", "loss_unsup", "loss_contrastive"})])
+def test_every_method_trains_two_steps_with_its_loss_terms(name, terms):
     method = make_method(name)
-    for loss, _ in run_steps(method):
+    assert set(method.loss_terms) == terms
+    for loss, logs in run_steps(method):
         assert torch.isfinite(loss)
+        assert terms <= set(logs) and "loss_contrastive" not in set(logs) - terms
+        for term in terms:  # present, finite and non-zero
+            assert torch.isfinite(logs[term]) and float(logs[term]) > 0, term
+        # the total is what the terms add up to (L_c weighted by lambda_c)
+        total = sum(float(logs[t]) * (method.cfg.method.lambda_c if t == "loss_contrastive" else 1.0) for t in terms)
+        assert float(loss) == pytest.approx(total, rel=1e-5)
 
 
 def test_u2pl_plus_fills_queues_and_prototypes_and_logs_diagnostics():

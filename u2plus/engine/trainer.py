@@ -135,6 +135,7 @@ class Run:
     curve: list = field(default_factory=list)  # val mIoU every train.eval_every steps
     writer: object = None
     train_seconds: float = 0.0
+    last_logs: dict = field(default_factory=dict)  # scalars of the last logged step
 
 
 def _train(cfg, info: DistInfo, device: torch.device) -> dict:
@@ -270,6 +271,7 @@ def _log(run: Run, done: int, loss: torch.Tensor, logs: dict, bar) -> None:
     scalars, vectors = _reduce_logs(loss, logs, run.labeled.num_classes, run.comm)
     if not run.info.is_main:
         return
+    run.last_logs = {"step": done, **scalars}
     writer, lr = run.writer, run.optimizer.param_groups[0]["lr"]
     for k, v in scalars.items():
         writer.add_scalar(f"train/{k}", v, done)
@@ -345,7 +347,7 @@ def _finish(run: Run) -> dict:
         "method": run.cfg.method.name, "steps": run.max_iters, "train_seconds": round(run.train_seconds, 1),
         "seconds_per_step": round(run.train_seconds / max(run.max_iters - run.start_step, 1), 4),
         "labeled_images": len(run.labeled), "unlabeled_images": len(run.unlabeled) if run.unlabeled is not None else 0,
-        "processes": run.info.world_size, "curve": curve,
+        "processes": run.info.world_size, "last_train_logs": run.last_logs, "curve": curve,
         "best_mIoU": max(p["mIoU"] for p in curve), "best_step": max(curve, key=lambda p: p["mIoU"])["step"],
     }
     (run.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -43,6 +43,11 @@ class Method(nn.Module):
     # log key -> short name shown in the progress bar (beside the total loss and the lr)
     progress_fields: dict[str, str] = {}
 
+    @property
+    def loss_terms(self) -> tuple[str, ...]:
+        """The loss terms a training step logs once the method is fully on (after any warm-up)."""
+        return ("loss_sup",)
+
     def __init__(self, cfg, student: nn.Module):
         super().__init__()
         self.cfg = cfg

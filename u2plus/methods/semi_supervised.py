@@ -32,6 +32,10 @@ class SemiSupervised(MeanTeacher):
         if self.criterion.needs_teacher_rep and not cfg.model.rep_head:
             raise ConfigError(f"method.name={cfg.method.name} needs model.rep_head=true (contrastive/denoising)")
 
+    @property
+    def loss_terms(self) -> tuple[str, ...]:
+        return ("loss_sup", "loss_unsup") + (("loss_contrastive",) if self.criterion.cfg.contrastive else ())
+
     def attach_distributed(self, comm, student_runner) -> None:
         super().attach_distributed(comm, student_runner)
         self.criterion.comm = comm
