@@ -115,6 +115,12 @@ class TrainConfig:
     # run evaluated (its EMA teacher, or its student) initialises the student (and the teacher);
     # step, optimiser and schedule start afresh. E.g. a semi-supervised stage after a SupOnly run.
     init_from: Optional[str] = None
+    # A semi-supervised run may take its supervised warm-up from a SupOnly run with the same
+    # seed, labeled batches and schedule: warmup_from = that run's checkpoint at a step inside
+    # this run's warm-up (save_at keeps one: step_<k>.pt beside last.pt). The run continues from
+    # it exactly as if it had trained those steps itself (the teacher is a copy of the student).
+    warmup_from: Optional[str] = None
+    save_at: list = field(default_factory=list)  # steps at which to keep step_<k>.pt
     checkpoint_every: int = 200
     eval_every: int = 0  # 0: only at the end; else val mIoU every N steps (the curve in metrics.json)
     log_every: int = 10

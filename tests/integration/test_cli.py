@@ -250,3 +250,30 @@ def test_init_from_loads_the_evaluated_network_and_rejects_another_model(trained
     assert code == 2
     line = _one_error_line(capsys)
     assert "train.init_from" in line and "does not fit" in line and "encoder." in line
+
+
+def test_warmup_from_a_suponly_run_is_the_runs_own_warmup(tmp_path, capsys):
+    """A u2pl_plus run whose first 2 steps are L_s only, and the same run taking those 2 steps
+    from a SupOnly run's step_2.pt (train.save_at): the same final weights bit for bit."""
+    semi = [*DEMO_OVERRIDES, "method.name=u2pl_plus", "data.unlabeled=camvid_demo/unlabeled.txt",
+            "method.queue_size=500"]
+    own, sup, forked = tmp_path / "own", tmp_path / "sup", tmp_path / "forked"
+    warmup = ["method.sup_only_epochs=0.05"]  # 92 unlabeled / 2 per step = 46 steps an epoch: steps 0-2
+    assert main(["train", DEMO_CONFIG, *semi, *tiny_overrides(own), *warmup]) == 0
+    assert main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, *tiny_overrides(sup), "train.save_at=[2]"]) == 0
+    assert (sup / "step_2.pt").is_file() and torch.load(sup / "step_2.pt", weights_only=True)["step"] == 2
+    assert main(["train", DEMO_CONFIG, *semi, *tiny_overrides(forked), *warmup,
+                 f"train.warmup_from={sup / 'step_2.pt'}"]) == 0
+    a = torch.load(own / "last.pt", weights_only=True)["method"]
+    b = torch.load(forked / "last.pt", weights_only=True)["method"]
+    assert int(a["criterion.queues.count"].sum()) > 0
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+    capsys.readouterr()
+    # a checkpoint after the warm-up, or from a run with other batches, is refused in one line
+    assert main(["train", DEMO_CONFIG, *semi, *tiny_overrides(tmp_path / "late"), "method.sup_only_epochs=0.02",
+                 f"train.warmup_from={sup / 'step_2.pt'}"]) == 2
+    assert "after this run's supervised warm-up" in _one_error_line(capsys)
+    assert main(["train", DEMO_CONFIG, *semi, *tiny_overrides(tmp_path / "other"), *warmup, "data.batch_size=4",
+                 f"train.warmup_from={sup / 'step_2.pt'}"]) == 2
+    assert "differs in data.batch_size" in _one_error_line(capsys)

@@ -211,8 +211,12 @@ def _resume(run: Run) -> None:
     prepare the run folder."""
     cfg, info = run.cfg, run.info
     resume_path = _resume_path(cfg, run.out_dir)
-    if resume_path is not None:
+    if resume_path is None and cfg.train.warmup_from:
+        resume_path = Path(cfg.train.warmup_from)
+        state = _warmup_state(run, load_checkpoint(resume_path))
+    elif resume_path is not None:
         state = load_checkpoint(resume_path)
+    if resume_path is not None:
         run.method.load_state_dict(state["method"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
@@ -238,16 +242,50 @@ def _resume(run: Run) -> None:
         run.writer = SummaryWriter(str(run.out_dir / "tb"))
 
 
+# settings that must agree for a SupOnly run's steps to be this run's own warm-up steps
+_WARMUP_KEYS = ("seed", "data.dataset", "data.root", "data.labeled", "data.batch_size", "data.crop_size",
+                "data.scale_range", "data.hflip", "data.resize_factor", "model", "train.max_iters", "train.epochs",
+                "train.optimizer", "train.lr", "train.head_lr_mult", "train.momentum", "train.weight_decay",
+                "train.lr_schedule", "train.poly_power", "train.warmup_iters", "train.ohem", "train.class_weights",
+                "train.amp")
+
+
+def _warmup_state(run: Run, state: dict) -> dict:
+    """``state`` (a SupOnly checkpoint, ``train.warmup_from``) made into this run's checkpoint at
+    the same step, when that step lies inside this run's supervised warm-up and the settings that
+    shape those steps agree; otherwise a ConfigError naming the reason."""
+    cfg, source = run.cfg, run.cfg.train.warmup_from
+    if not hasattr(run.method, "state_from_warmup"):
+        raise ConfigError(f"train.warmup_from: method.name={cfg.method.name} has no supervised warm-up")
+    other = OmegaConf.create(state.get("config") or {})
+    differ = [k for k in _WARMUP_KEYS if OmegaConf.select(other, k) != OmegaConf.select(cfg, k)]
+    if differ:
+        raise ConfigError(f"train.warmup_from={source}: its run differs in {', '.join(differ)}")
+    step = int(state["step"])
+    first_semi = run.method.first_semi_step(StepContext(0, run.max_iters, run.iters_per_epoch))
+    if step > first_semi:
+        raise ConfigError(f"train.warmup_from={source} is at step {step}, after this run's supervised warm-up "
+                          f"(the first semi-supervised step is {first_semi}; see method.sup_only_epochs)")
+    try:
+        return {**state, "method": run.method.state_from_warmup(state["method"])}
+    except KeyError as e:
+        raise CheckpointError(f"train.warmup_from={source}: {e.args[0]}") from None
+
+
 def _checkpoint(run: Run, step: int) -> None:
+    """``last.pt`` (and ``step_<k>.pt`` at the steps of ``train.save_at``), written atomically."""
     rngs = _gather_objects(rng_state(), run.info)
     if run.info.is_main:
-        save_checkpoint({
+        state = {
             "step": step, "method": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": rngs[0],
             "rng_per_rank": rngs, "world_size": run.info.world_size,
             "config": OmegaConf.to_container(run.cfg), "num_classes": run.labeled.num_classes,
             "class_names": run.labeled.class_names, "curve": run.curve,
-        }, run.out_dir / "last.pt")
+        }
+        save_checkpoint(state, run.out_dir / "last.pt")
+        if step in run.cfg.train.save_at:
+            save_checkpoint(state, run.out_dir / f"step_{step}.pt")
     run.comm.barrier()
 
 
@@ -327,7 +365,8 @@ def _loop(run: Run) -> None:
             res = _evaluate(run, done)
             if info.is_main:
                 bar.write(f"step {done}: val mIoU {res['mIoU']:.2f}")
-        if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 and done < run.max_iters:
+        if (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 or done in cfg.train.save_at) \
+                and done < run.max_iters:
             _checkpoint(run, done)
     bar.close()
     run.train_seconds = time.time() - t0

@@ -99,6 +99,19 @@ class MeanTeacher(Method):
         g.manual_seed(self.step_seed(step) * 131 + self.comm.rank)
         return g
 
+    def state_from_warmup(self, supervised: dict) -> dict:
+        """This method's full state after a supervised-only warm-up that another run trained:
+        the student of ``supervised`` (a SupOnly checkpoint's method state), the teacher a copy
+        of it (as through this method's own warm-up), everything else fresh."""
+        state = self.state_dict()
+        student = {k: v for k, v in supervised.items() if k.startswith("student.")}
+        missing = sorted(k for k in state if k.startswith("student.") and k not in student)
+        if missing:
+            raise KeyError(f"the checkpoint has no {missing[0]}")
+        state.update(student)
+        state.update({"teacher." + k[len("student."):]: v for k, v in student.items()})
+        return state
+
     def after_optimizer_step(self, ctx: StepContext) -> None:
         m = self.cfg.method
         start = self.first_semi_step(ctx) if m.ema_from_semi_start else 0
