@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint, print one JSON line with mIoU and per_class",
                        description="Evaluate CHECKPOINT on the val split (or --split) of CONFIG's dataset. "
                        "Prints one JSON line {mIoU, per_class, mAcc, aAcc, per_class_acc, split, num_images} "
-                       "(mAcc: mean class accuracy, aAcc: pixel accuracy); --out also writes it to a file.")
+                       "(mAcc: mean class accuracy, aAcc: pixel accuracy), with eval.crf=true also crf (the "
+                       "same after a dense CRF), with data.supervision=tags also cam (the CAM pseudo-labels' "
+                       "quality on the training images with masks); --out also writes it to a file.")
     e.add_argument("config")
     e.add_argument("overrides", nargs="*", metavar="key=value")
     e.add_argument("--checkpoint", required=True)
@@ -122,7 +124,8 @@ def cmd_eval(args) -> None:
     result = evaluate_checkpoint(cfg, args.checkpoint, args.split)
     line = json.dumps({"mIoU": result["mIoU"], "per_class": result["per_class"], "mAcc": result["mAcc"],
                        "aAcc": result["aAcc"], "per_class_acc": result["per_class_acc"],
-                       "split": result["split"], "num_images": result["num_images"]})
+                       "split": result["split"], "num_images": result["num_images"],
+                       **{k: result[k] for k in ("crf", "cam") if k in result}})
     print(line)
     if args.table:
         from .engine.evaluate import format_iou_table

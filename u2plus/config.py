@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from .criterion import CriterionConfig
 from .errors import ConfigError
+from .ws_criterion import WSCriterionConfig
 
 
 @dataclass
@@ -43,6 +44,13 @@ class DataConfig:
     val_masks: Optional[str] = None
     unlabeled_images: Optional[str] = None
     class_names: Optional[list] = None
+    # pixels: masks train (L_s on labels); tags: image-level labels only (weakly-supervised methods
+    # afa, afa_u2pl_plus): every training sample carries a multi-hot `tags` vector, its mask (if any)
+    # only scores the CAM pseudo-labels (u2plus/data/tags.py)
+    supervision: str = "pixels"
+    # with supervision=tags: a JSON file {"image id": [train ids]}; null = the dataset's own tag file
+    # (CCP tags.json) or the classes of each image's mask (VOC SegmentationClassAug)
+    tags: Optional[str] = None
     # VOC: "classic" (SegmentationClass) or "blender" (SegmentationClassAug)
     voc_variant: str = "classic"
     # Fixed pre-resize of every image and mask (0.5 = half resolution), before augmentation.
@@ -136,19 +144,27 @@ class EvalConfig:
     scales: list = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
     flip: bool = True
     batch_size: int = 1
+    # the final evaluation (and `u2plus eval`) also reports the predictions after a dense CRF
+    # (pydensecrf2: pip install 'u2plus[crf]'; u2plus/engine/crf.py) under "crf"
+    crf: bool = False
 
 
 @dataclass
-class MethodConfig(CriterionConfig):
-    """Method and its ablation switches (paper Tables III-X): the recipe's own keys below, and
+class MethodConfig(CriterionConfig, WSCriterionConfig):
+    """Method and its ablation switches (paper Tables III-X, XIV): the recipe's own keys below,
     every knob of the U2PL+ terms from :class:`u2plus.criterion.CriterionConfig` (entropy
-    partition, SCE, prototypes, contrastive loss). ``name`` picks a preset (``METHOD_PRESETS``);
-    keys set in a config file or override win over the preset."""
+    partition, SCE, prototypes, contrastive loss) and of the weakly-supervised terms from
+    :class:`u2plus.ws_criterion.WSCriterionConfig` (CAMs, refinement, thresholds, Eq. 29-31).
+    ``name`` picks a preset (``METHOD_PRESETS``); keys set in a config file or override win over
+    the preset."""
 
-    name: str = "suponly"  # suponly | selftrain | u2pl | u2pl_plus
+    name: str = "suponly"  # suponly | selftrain | u2pl | u2pl_plus | afa | afa_u2pl_plus
     ema_momentum: float = 0.99  # max EMA momentum of the teacher (0.999 for DA)
     eval_teacher: bool = True  # evaluate / export the EMA teacher (else the student)
     sup_only_epochs: float = 0.0  # first epochs train with L_s alone
+    # the same as a share of train.max_iters (the later of the two counts): the weakly-supervised
+    # recipes train the classifier alone for the first 0.3 (AFA: 6,000 of 20,000 iterations)
+    sup_only_fraction: float = 0.0
     # true (docs/method.md step 11): during those epochs the teacher is a copy of the student and the
     # EMA warm-up of m_t counts from the first semi-supervised step, as in the reference code;
     # false: m_t counts from step 0, so the first teacher averages the untrained early students
@@ -171,6 +187,9 @@ METHOD_PRESETS: dict[str, dict] = {
     # conference U2PL: L_c with queues, DPA, PRT; CE; no PD; in-batch prototypes
     "u2pl": {"prototype_denoising": False, "prototype_momentum": 0.0, "sce_xi2": 0.0},
     "u2pl_plus": {},
+    # weakly supervised (data.supervision=tags): AFA's single-stage recipe, and U2PL+ on it (+ L_c, Eq. 29-31)
+    "afa": {"contrastive": False},
+    "afa_u2pl_plus": {},
 }
 
 
@@ -274,7 +293,7 @@ def _validate(cfg: DictConfig) -> None:
     if str(cfg.train.amp).lower() == "false":  # YAML reads a bare `off` as the boolean false
         cfg.train.amp = "off"
     choices = {
-        "model.decoder": ("deeplabv3plus",),
+        "model.decoder": ("deeplabv3plus", "segformer"),
         "model.aspp_pooling_norm": ("none", "groupnorm", "batchnorm"),
         "train.optimizer": ("sgd", "adamw"),
         "train.lr_schedule": ("poly", "linear", "constant"),
@@ -283,6 +302,8 @@ def _validate(cfg: DictConfig) -> None:
         "data.voc_variant": ("classic", "blender"),
         "method.name": tuple(METHOD_PRESETS),
         "method.negatives_from": ("unreliable", "reliable", "both"),
+        "method.cls_pooling": ("max", "avg"),
+        "data.supervision": ("pixels", "tags"),
     }
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
@@ -308,6 +329,12 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError("train.class_weights cannot be combined with train.ohem")
     if cfg.data.batch_size <= 0:
         raise ConfigError("data.batch_size must be positive")
+    m = cfg.method
+    if not 0.0 <= m.sup_only_fraction <= 1.0:
+        raise ConfigError(f"method.sup_only_fraction={m.sup_only_fraction} must be in [0, 1]")
+    if m.cam_bg_threshold > m.cam_fg_threshold:
+        raise ConfigError(f"method.cam_bg_threshold={m.cam_bg_threshold} is above "
+                          f"method.cam_fg_threshold={m.cam_fg_threshold}")
     if cfg.train.max_iters <= 0 and cfg.train.epochs is None:
         raise ConfigError("train.max_iters must be positive")
 

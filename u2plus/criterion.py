@@ -65,13 +65,6 @@ class CriterionConfig(ContrastiveConfig):
     sce_xi1: float = 1.0
     sce_xi2: float = 0.1  # reverse CE weight of SCE (Eq. 4); 0 = plain CE
     prototype_denoising: bool = True  # PD (Eq. 19-20)
-    # MP (Eq. 18); 0 = in-batch centroids. The first prototypes come from a representation head
-    # that has not trained yet; after N semi-supervised steps about m**N of them is left (0.999:
-    # half after 693 steps, so lower it on short schedules; see prototype_share_left)
-    prototype_momentum: float = 0.999
-    contrastive: bool = True  # L_c
-    lambda_c: float = 0.1
-    queue_size: int = 30000  # keys per class queue Q_c
 
 
 def resize_nearest(labels: Tensor, size) -> Tensor:

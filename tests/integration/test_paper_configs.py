@@ -1,7 +1,7 @@
 """Every shipped config builds and trains two steps on tiny synthetic data (CPU), keeping its own
-method, model, optimiser, loss and evaluation settings; only the data, the pretrained weights and
-the sizes are replaced. The paper's split files referenced by the configs exist with the paper's
-counts."""
+method, model, optimiser, loss and evaluation settings; only the data (with image-level tags for
+tag-supervised configs), the pretrained weights and the sizes are replaced. The paper's split
+files referenced by the configs exist with the paper's counts."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ from PIL import Image
 from u2plus.config import load_config
 from u2plus.data import read_id_list, resolve_split_file
 from u2plus.engine.trainer import train
+
+try:
+    import pydensecrf.densecrf  # noqa: F401
+    CRF = True
+except ImportError:  # configs with eval.crf=true then train without it (tests/unit/test_crf.py skips)
+    CRF = False
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("_"))
@@ -31,6 +37,14 @@ def synthetic_folder(root: Path, num_classes: int, n: int) -> tuple[Path, Path]:
     return images, masks
 
 
+def synthetic_tags(path: Path, num_classes: int, n: int) -> Path:
+    """Image-level labels of the synthetic images: image i has foreground classes i % (C-1) + 1 and
+    the next one, so every class is absent from some image (negatives of Eq. 31)."""
+    tags = {str(i): sorted({i % (num_classes - 1) + 1, (i + 1) % (num_classes - 1) + 1}) for i in range(n)}
+    path.write_text(json.dumps(tags))
+    return path
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in CONFIGS])
 def test_config_trains_two_steps(config, tmp_path):
     base = load_config(config)
@@ -38,7 +52,12 @@ def test_config_trains_two_steps(config, tmp_path):
     images, masks = synthetic_folder(tmp_path / "train", c, 4)
     val_images, val_masks = synthetic_folder(tmp_path / "val", c, 1)
     unl_images, _ = synthetic_folder(tmp_path / "unl", c, 4)
-    cfg = load_config(config, [
+    tag_supervised = base.data.supervision == "tags"
+    # a random network's CAMs, blurred by a random walk over a 2x2 grid, lie between the two thresholds:
+    # one threshold at 0 gives pseudo-labels and anchors wherever a CAM is positive
+    tags = [f"data.tags={synthetic_tags(tmp_path / 'tags.json', c, 4)}", "method.single_threshold=true",
+            "method.cam_beta=0.0"] if tag_supervised else []
+    cfg = load_config(config, [*tags, "data.train_split=train", "data.val_split=val",
         "data.dataset=folder", f"data.images={images}", f"data.masks={masks}", f"data.val_images={val_images}",
         f"data.val_masks={val_masks}", f"data.unlabeled_images={unl_images}", "data.labeled=null",
         "data.unlabeled=null", "data.crop_size=[32,32]", "data.batch_size=2", "data.unlabeled_batch_size=2",
@@ -46,10 +65,15 @@ def test_config_trains_two_steps(config, tmp_path):
         "train.max_iters=2", "train.ohem_min_kept=100", "train.num_threads=1", "eval.crop_size=[32,32]",
         "eval.scales=[1.0]", "method.queue_size=256", "method.sup_only_epochs=0", "train.log_every=1",
         "method.delta_p=0.0",  # a random network is nowhere sure enough for an anchor at the default 0.3
+        f"eval.crf={base.eval.crf and CRF}",  # the dense CRF where its package is installed
         f"out_dir={tmp_path / 'run'}",
     ])
     metrics = train(cfg)
     assert np.isfinite(metrics["mIoU"]) and metrics["steps"] == 2
+    assert ("cam" in metrics) == tag_supervised and ("crf" in metrics) == (cfg.eval.crf and CRF)
+    if tag_supervised:  # CAM quality on the training images with masks, with and without the ignore band
+        assert metrics["cam"]["num_images"] == 4 and 0 <= metrics["cam"]["labelled_fraction"] <= 1
+        assert np.isfinite(metrics["cam"]["mIoU_dense"])
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == base.method.name
     # every loss term the method claims was logged at the last step, finite and non-zero
     from u2plus.methods import build_method

@@ -10,6 +10,8 @@ from u2plus.config import load_config
 from u2plus.methods import StepContext, build_method
 from u2plus.models import build_segmentor
 
+from ..helpers import train_step
+
 NUM_CLASSES = 4
 
 
@@ -41,12 +43,7 @@ def run_steps(method, steps: int = 2, with_unlabeled_masks: bool = False, first_
     for step in range(first_step, first_step + steps):
         labeled, unlabeled = batches(step, with_unlabeled_masks)
         ctx = StepContext(step, max_iters=10, iters_per_epoch=5)
-        loss, logs = method.training_step(labeled, unlabeled if "unlabeled" in method.streams else None, ctx)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        method.after_optimizer_step(ctx)
-        out.append((loss.detach(), logs))
+        out.append(train_step(method, opt, labeled, unlabeled if "unlabeled" in method.streams else None, ctx))
     return out
 
 

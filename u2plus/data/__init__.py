@@ -8,6 +8,7 @@ from typing import Optional
 from ..errors import ConfigError, DataError
 from . import camvid, ccp, cityscapes, folder, gta5, synthia, voc
 from .base import SampleRef, SegmentationDataset, read_id_list
+from .tags import with_tags
 from ..paths import data_dir, dataset_root, resolve_root
 
 DATASETS = {
@@ -56,12 +57,8 @@ def build_dataset(data_cfg, split: str) -> SegmentationDataset:
     return ds
 
 
-def build_train_sets(data_cfg, semi_supervised: bool) -> tuple[SegmentationDataset, Optional[SegmentationDataset]]:
-    """The labeled training set and (for semi-supervised methods) the unlabeled one.
-
-    Raises a DataError naming the split file for unknown ids and for an empty set.
-    """
-    full = build_dataset(data_cfg, data_cfg.train_split)
+def _labeled_images(data_cfg, full: SegmentationDataset) -> SegmentationDataset:
+    """The training split ``full``, restricted to ``data.labeled`` when set (never empty)."""
     if data_cfg.labeled:
         path = resolve_split_file(data_cfg.labeled)
         labeled = full.subset(read_id_list(path), source=str(path))
@@ -69,6 +66,35 @@ def build_train_sets(data_cfg, semi_supervised: bool) -> tuple[SegmentationDatas
         labeled = full
     if len(labeled) == 0:
         raise DataError(f"the labeled set is empty ({data_cfg.labeled or data_cfg.train_split})")
+    return labeled
+
+
+def tagged_images(data_cfg) -> SegmentationDataset:
+    """``data.supervision: tags``: the training images with their image-level tags
+    (:mod:`u2plus.data.tags`), masks kept where they exist (for :func:`cam_quality_set`)."""
+    full = build_dataset(data_cfg, data_cfg.train_split)
+    known = set(full.ids()) | set(build_dataset(data_cfg, data_cfg.val_split).ids())
+    return with_tags(_labeled_images(data_cfg, full), data_cfg.tags, known)
+
+
+def cam_quality_set(data_cfg) -> Optional[SegmentationDataset]:
+    """The tagged training images that have a mask: where the CAM pseudo-labels are scored
+    (None when there is none)."""
+    images = tagged_images(data_cfg)
+    scored = images.with_items([it for it in images.items if it.mask is not None])
+    return scored if len(scored) else None
+
+
+def build_train_sets(data_cfg, semi_supervised: bool) -> tuple[SegmentationDataset, Optional[SegmentationDataset]]:
+    """The labeled training set and (for semi-supervised methods) the unlabeled one; with
+    ``data.supervision: tags`` the tagged training images (masks dropped: never trained on) alone.
+
+    Raises a DataError naming the split file for unknown ids and for an empty set.
+    """
+    if data_cfg.supervision == "tags":
+        return tagged_images(data_cfg).without_masks(), None
+    full = build_dataset(data_cfg, data_cfg.train_split)
+    labeled = _labeled_images(data_cfg, full)
     if not labeled.has_masks:
         missing = next(it for it in labeled.items if it.mask is None)
         raise DataError(f"labeled image {missing.image} has no mask")
@@ -92,6 +118,6 @@ def build_train_sets(data_cfg, semi_supervised: bool) -> tuple[SegmentationDatas
 
 
 __all__ = [
-    "DATASETS", "SampleRef", "SegmentationDataset", "build_dataset", "build_train_sets", "data_dir",
-    "read_id_list", "register", "resolve_root", "resolve_split_file",
+    "DATASETS", "SampleRef", "SegmentationDataset", "build_dataset", "build_train_sets", "cam_quality_set",
+    "data_dir", "read_id_list", "register", "resolve_root", "resolve_split_file", "tagged_images",
 ]

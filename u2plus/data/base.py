@@ -4,6 +4,7 @@ Every dataset returns the same sample dict::
 
     {"image": tv_tensors.Image uint8 [3, H, W],
      "mask":  tv_tensors.Mask int64 [H, W]   (only for samples that have a mask),
+     "tags":  float [C] multi-hot, background 1 (only for tag-supervised sets, u2plus.data.tags),
      "id": str, "index": int}
 
 before the transform; after the training transform ``image`` is a normalised float tensor.
@@ -23,6 +24,17 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DataError
+
+
+BACKGROUND = 0  # train id of the background: present in every image of a tag-supervised set
+
+
+def tag_vector(classes, num_classes: int) -> torch.Tensor:
+    """Image-level label ``[C]`` float: 1 at ``classes`` and at the background (:mod:`u2plus.data.tags`)."""
+    v = torch.zeros(num_classes)
+    v[[int(c) for c in classes]] = 1.0
+    v[BACKGROUND] = 1.0
+    return v
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.resize_factor = resize_factor
         self.transform = transform
         self.name = name
+        # image-level labels {id: [class ids]} the samples carry (set by u2plus.data.tags.with_tags),
+        # and those the dataset's own tag file gives (e.g. CCP tags.json), with that file's name
+        self.tags: Optional[dict[str, list[int]]] = None
+        self.available_tags: Optional[dict[str, list[int]]] = None
+        self.available_tags_source = ""
 
     @property
     def num_classes(self) -> int:
@@ -133,6 +150,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 )
             sample["mask"] = tv_tensors.Mask(mask)
         sample["image"] = tv_tensors.Image(image)
+        if self.tags is not None:
+            sample["tags"] = tag_vector(self.tags[ref.id], self.num_classes)
         if self.resize_factor != 1.0:
             h, w = image.shape[1:]
             size = [max(1, round(h * self.resize_factor)), max(1, round(w * self.resize_factor))]

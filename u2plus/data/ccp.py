@@ -9,17 +9,21 @@ The table is built from the class names in ``classes.txt`` at build time.
 
 Splits: ``train`` = images with masks except ``val`` = the held-out ids 0701-0800;
 ``unlabeled`` (alias ``tags``) = the images without masks (1005-2098, image-level tags only).
+The weakly-supervised protocol (``data.supervision: tags``, configs/ccp/): ``ws_train`` = 0001-0600
+(their masks only score the CAMs, never train) and every image without a mask; ``ws_val`` =
+0601-0800. With ``data.supervision: tags`` the samples carry the ``tags.json`` labels
+(:mod:`u2plus.data.tags`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
 from .base import SampleRef, SegmentationDataset, require_dir
+from .tags import check_tags, read_tags_file
 
 COARSE_CLASSES = ("background", "upper", "outer", "lower", "dress", "footwear", "bag")
 COARSE_GROUPS = {
@@ -34,6 +38,7 @@ COARSE_GROUPS = {
 }
 LABEL_MODES = {7: "coarse", 59: "raw"}
 VAL_IDS = frozenset(f"{i:04d}" for i in range(701, 801))
+WS_VAL_IDS = frozenset(f"{i:04d}" for i in range(601, 801))
 
 
 def read_classes(root: str | Path) -> list[str]:
@@ -78,22 +83,13 @@ def label_table(root: str | Path, num_classes: int) -> tuple[np.ndarray, list[st
 
 def image_tags(root: str | Path, num_classes: int) -> dict[str, list[int]]:
     """Image-level labels from ``tags.json`` in the chosen label mode (background dropped,
-    unique, sorted)."""
+    unique, sorted). Every tag must index ``classes.txt`` and every id have an image."""
     path = Path(root) / "tags.json"
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"CCP tags not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"cannot parse {path}: {e}") from None
+    raw = read_tags_file(path, "CCP tags")
     lut, _ = label_table(root, num_classes)
-    out = {}
-    for image_id, tags in raw.items():
-        tags = np.asarray(tags, dtype=np.int64)
-        if tags.size and (tags.min() < 0 or tags.max() >= len(lut)):
-            raise DataError(f"{path}: image {image_id} has tag {int(tags.max())} outside classes.txt")
-        out[image_id] = [int(t) for t in np.unique(lut[tags]) if t != 0]
-    return out
+    check_tags(raw, len(lut), str(path), known_ids=[p.stem for p in (Path(root) / "images").glob("*.jpg")])
+    return {image_id: [int(t) for t in np.unique(lut[np.asarray(tags, dtype=np.int64)]) if t != 0]
+            for image_id, tags in raw.items()}
 
 
 def list_split(root: str | Path, split: str) -> list[SampleRef]:
@@ -107,8 +103,13 @@ def list_split(root: str | Path, split: str) -> list[SampleRef]:
         keep = [p for p in images if p.stem in with_mask and p.stem in VAL_IDS]
     elif split in ("unlabeled", "tags"):
         return [SampleRef(p.stem, p, None) for p in images if p.stem not in with_mask]
+    elif split == "ws_val":
+        keep = [p for p in images if p.stem in with_mask and p.stem in WS_VAL_IDS]
+    elif split == "ws_train":
+        return [SampleRef(p.stem, p, masks / f"{p.stem}.png" if p.stem in with_mask else None)
+                for p in images if p.stem not in WS_VAL_IDS]
     else:
-        raise DataError(f"CCP has no split '{split}' (train, val, unlabeled or tags)")
+        raise DataError(f"CCP has no split '{split}' (train, val, unlabeled, tags, ws_train or ws_val)")
     if not keep:
         raise DataError(f"CCP split '{split}': no images with a mask in {root / 'images'}")
     return [SampleRef(p.stem, p, masks / f"{p.stem}.png") for p in keep]
@@ -116,7 +117,11 @@ def list_split(root: str | Path, split: str) -> list[SampleRef]:
 
 def build(cfg, split: str) -> SegmentationDataset:
     lut, names = label_table(cfg.root, cfg.num_classes)
-    return SegmentationDataset(
+    ds = SegmentationDataset(
         list_split(cfg.root, split), names, cfg.ignore_index, lut, cfg.resize_factor,
         name=f"CCP {label_mode(cfg.num_classes)} {split} ({cfg.root})",
     )
+    if cfg.supervision == "tags":
+        ds.available_tags = image_tags(cfg.root, cfg.num_classes)
+        ds.available_tags_source = f"CCP tags {Path(cfg.root) / 'tags.json'}"
+    return ds

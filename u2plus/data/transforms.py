@@ -72,8 +72,9 @@ class Normalize:
 class TrainTransform:
     """Weak augmentation (+ a strong view for unlabeled images), then normalisation.
 
-    Output: ``image`` (weak view), optionally ``image_strong`` and ``valid`` (bool, False on crop
-    padding; unlabeled images), ``mask`` (int64, ignore-padded).
+    Output: ``image`` (weak view), optionally ``image_strong`` (unlabeled images), ``valid`` (bool,
+    False on crop padding; unlabeled and tagged images), ``mask`` (int64, ignore-padded) and
+    ``tags`` (image-level labels, passed on).
     """
 
     def __init__(self, data_cfg, mean, std, strong: bool = False):
@@ -86,17 +87,22 @@ class TrainTransform:
 
     def __call__(self, sample: dict) -> dict:
         inputs = {k: sample[k] for k in ("image", "mask") if k in sample}
-        if self.strong is not None:
-            # unlabeled: track crop padding (filled with ignore) so that padded pixels never
-            # get a pseudo-label or enter the entropy quantile (docs/method.md: padding is never a class)
+        track_padding = self.strong is not None or "tags" in sample
+        if track_padding:
+            # unlabeled and tagged images: track crop padding (filled with ignore) so that padded
+            # pixels never get a pseudo-label or enter the entropy quantile (docs/method.md:
+            # padding is never a class)
             inputs["valid"] = tv_tensors.Mask(torch.zeros(sample["image"].shape[-2:], dtype=torch.uint8))
         out = self.weak(inputs)
         result = {"id": sample["id"], "index": sample["index"], "image": self.normalize(out["image"])}
         if self.strong is not None:
             result["image_strong"] = self.normalize(self.strong(out["image"]))
+        if track_padding:
             result["valid"] = out["valid"].as_subclass(torch.Tensor) != self.ignore_index
         if "mask" in out:
             result["mask"] = out["mask"].as_subclass(torch.Tensor).long()
+        if "tags" in sample:
+            result["tags"] = sample["tags"]
         return result
 
 
@@ -108,4 +114,6 @@ class EvalTransform:
         result = {"id": sample["id"], "index": sample["index"], "image": self.normalize(sample["image"])}
         if "mask" in sample:
             result["mask"] = sample["mask"].as_subclass(torch.Tensor).long()
+        if "tags" in sample:
+            result["tags"] = sample["tags"]
         return result

@@ -41,6 +41,7 @@ __all__ = [
     "predict_logits",
     "evaluate",
     "format_iou_table",
+    "scores_from_confusion",
 ]
 
 MODES = ("whole", "center_crop", "sliding", "multiscale")
@@ -318,16 +319,20 @@ def evaluate(
     eval_classes: Optional[Sequence[int]] = None,
     progress: bool = False,
     window_batch: int = 8,
+    crf: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
 ) -> dict:
     """mIoU of ``model_fn`` over a loader of ``{"image": [B,3,H,W] float, "mask": [B,H,W]}``.
 
     One confusion matrix is accumulated over the whole split. When ``model_fn`` is an
     ``nn.Module`` in training mode it is switched to eval mode for the run and restored after.
+    ``crf(images, scores) -> labels`` (e.g. :func:`u2plus.engine.crf.crf_labels`) also scores the
+    post-processed predictions of the same forward passes, under ``"crf"``.
 
     Returns ``{"mIoU": float (percent; NaN if nothing was counted), "per_class": {name: IoU
     percent or None}, "mAcc": mean class accuracy, "aAcc": pixel accuracy, "per_class_acc":
     {name: accuracy percent or None} (see :func:`accuracy_from_confusion`), "num_images": int,
-    "confusion": [[int]] (rows = ground truth), "eval_classes": list[int] | None}``.
+    "confusion": [[int]] (rows = ground truth), "eval_classes": list[int] | None}``; with ``crf``
+    also ``"crf": {"mIoU", "per_class", "mAcc", "aAcc", "per_class_acc"}``.
     """
     if mode not in MODES:
         raise ValueError(f"unknown eval mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -345,6 +350,7 @@ def evaluate(
     if was_training:
         model_fn.eval()
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    conf_crf = conf.clone()
     num_images = 0
     batches: Iterable[dict] = loader
     if progress:
@@ -375,6 +381,8 @@ def evaluate(
                     stride=stride, scales=scales, flip=flip, window_batch=window_batch,
                 )
                 conf += confusion_matrix(logits.max(1).indices, masks, num_classes, ignore_index)
+                if crf is not None:
+                    conf_crf += confusion_matrix(crf(images, logits), masks, num_classes, ignore_index)
                 num_images += images.shape[0]
     finally:
         if was_training:
@@ -382,22 +390,27 @@ def evaluate(
         if progress:
             batches.close()  # type: ignore[union-attr]
 
-    iou, miou = iou_from_confusion(conf, eval_classes)
-    acc, macc, aacc = accuracy_from_confusion(conf, eval_classes)
-    return {
-        "mIoU": miou,
-        "per_class": {
-            n: (None if math.isnan(v) else float(v)) for n, v in zip(names, iou.tolist())
-        },
-        "mAcc": macc,
-        "aAcc": aacc,
-        "per_class_acc": {
-            n: (None if math.isnan(v) else float(v)) for n, v in zip(names, acc.tolist())
-        },
+    result = {
+        **scores_from_confusion(conf, names, eval_classes),
         "num_images": num_images,
         "confusion": conf.cpu().tolist(),
         "eval_classes": None if eval_classes is None else [int(c) for c in eval_classes],
     }
+    if crf is not None:
+        result["crf"] = scores_from_confusion(conf_crf, names, eval_classes)
+    return result
+
+
+def scores_from_confusion(conf: Tensor, names: Sequence[str], eval_classes: Optional[Sequence[int]] = None) -> dict:
+    """``{"mIoU", "per_class", "mAcc", "aAcc", "per_class_acc"}`` of a confusion matrix (percent;
+    None for a class without pixels)."""
+    iou, miou = iou_from_confusion(conf, eval_classes)
+    acc, macc, aacc = accuracy_from_confusion(conf, eval_classes)
+
+    def per_class(values: Tensor) -> dict:
+        return {n: (None if math.isnan(v) else float(v)) for n, v in zip(names, values.tolist())}
+
+    return {"mIoU": miou, "per_class": per_class(iou), "mAcc": macc, "aAcc": aacc, "per_class_acc": per_class(acc)}
 
 
 def format_iou_table(result: dict) -> str:

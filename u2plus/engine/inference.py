@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import config_from_checkpoint
+from ..data import cam_quality_set
 from ..data.base import list_images, read_image
 from ..data.transforms import Normalize
 from ..errors import DataError
@@ -17,6 +18,8 @@ from ..viz import colorize, overlay, palette_for, save_png
 from .checkpoint import load_checkpoint
 from .distributed import resolve_device
 from .evaluate import predict_logits
+from .cam_quality import run_cam_quality
+from .crf import require_crf
 from .trainer import build_eval_loader, normalisation, run_evaluation
 
 
@@ -32,13 +35,20 @@ def load_trained_model(cfg, state: dict, device: torch.device):
 
 
 def evaluate_checkpoint(cfg, checkpoint: str, split: str | None = None) -> dict:
+    """The checkpoint's scores on ``split``: with ``eval.crf`` also after the dense CRF
+    (``"crf"``), with ``data.supervision: tags`` also the CAM quality (``"cam"``)."""
     device = resolve_device(cfg.device)
+    if cfg.eval.crf:
+        require_crf()
     state = load_checkpoint(checkpoint)
     model = load_trained_model(cfg, state, device)
     mean, std = normalisation(cfg, model)
     split = split or cfg.data.val_split
     dataset, loader = build_eval_loader(cfg, split, mean, std)
-    result = run_evaluation(cfg, model, loader, dataset, device)
+    result = run_evaluation(cfg, model, loader, dataset, device, crf=cfg.eval.crf)
+    cam_set = cam_quality_set(cfg.data) if cfg.data.supervision == "tags" else None
+    if cam_set is not None:
+        result["cam"] = run_cam_quality(cfg, model, cam_set, mean, std, device)
     result["split"] = split
     return result
 

@@ -17,6 +17,7 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,14 +25,16 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from ..config import save_config
-from ..data import build_dataset, build_train_sets
+from ..data import build_dataset, build_train_sets, cam_quality_set
 from ..data.sampler import collate, make_train_loader
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError
 from ..losses.supervised import median_frequency_weights
 from ..methods import StepContext, build_method, method_class
 from ..models import build_segmentor
+from .cam_quality import run_cam_quality
 from .checkpoint import evaluated_model_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .crf import crf_labels, require_crf
 from .distributed import DistInfo, init_distributed, shutdown_distributed
 from .evaluate import evaluate, format_iou_table
 from .optim import build_optimizer, build_scheduler
@@ -62,15 +65,17 @@ def build_eval_loader(cfg, split: str, mean, std):
                                            num_workers=min(cfg.data.num_workers, 2), collate_fn=collate)
 
 
-def run_evaluation(cfg, model, loader, dataset, device, progress: bool = False) -> dict:
-    """Evaluate ``model`` in eval mode on ``loader``; the caller puts it back into training mode
-    (the trainer through ``method.train()``, which keeps frozen BatchNorm layers frozen)."""
+def run_evaluation(cfg, model, loader, dataset, device, progress: bool = False, crf: bool = False) -> dict:
+    """Evaluate ``model`` in eval mode on ``loader`` (with ``crf``, also after the dense CRF, under
+    ``"crf"``); the caller puts it back into training mode (the trainer through
+    ``method.train()``, which keeps frozen BatchNorm layers frozen)."""
     model.eval()
     e = cfg.eval
+    mean, std = normalisation(cfg, model)
     result = evaluate(model.predict, loader, dataset.num_classes, mode=e.mode, crop_size=tuple(e.crop_size),
                       stride=tuple(e.stride) if e.stride else None, scales=tuple(e.scales), flip=e.flip,
                       ignore_index=cfg.data.ignore_index, device=device, class_names=dataset.class_names,
-                      progress=progress)
+                      progress=progress, crf=partial(crf_labels, mean=mean, std=std) if crf else None)
     return result
 
 
@@ -131,6 +136,7 @@ class Run:
     iters_per_epoch: int
     max_iters: int
     memory_format: torch.memory_format
+    cam_set: object = None  # tagged training images with masks: CAM quality (data.supervision=tags)
     start_step: int = 0
     curve: list = field(default_factory=list)  # val mIoU every train.eval_every steps
     writer: object = None
@@ -160,13 +166,16 @@ def _build_run(cfg, info: DistInfo, device: torch.device) -> Run:
     streams = method_class(cfg).streams
     labeled, unlabeled = build_train_sets(cfg.data, "unlabeled" in streams)
     val_set = build_dataset(cfg.data, cfg.data.val_split)
+    cam_set = cam_quality_set(cfg.data) if cfg.data.supervision == "tags" else None
+    if cfg.eval.crf:
+        require_crf()
     if cfg.data.validate and main:
-        for ds in (labeled, unlabeled, val_set):
+        for ds in (labeled, unlabeled, val_set, cam_set):
             if ds is not None:
                 ds.check_files()
     comm.barrier()
 
-    model = build_segmentor(cfg.model, labeled.num_classes)
+    model = method_class(cfg).prepare_student(build_segmentor(cfg.model, labeled.num_classes), cfg)
     if cfg.train.init_from:
         _init_weights(model, cfg.train.init_from)
         if main:
@@ -203,7 +212,7 @@ def _build_run(cfg, info: DistInfo, device: torch.device) -> Run:
                labeled=labeled, unlabeled=unlabeled, mean=mean, std=std, optimizer=optimizer,
                scheduler=build_scheduler(cfg.train, optimizer, max_iters),
                scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16"),
-               iters_per_epoch=iters_per_epoch, max_iters=max_iters, memory_format=memory_format)
+               iters_per_epoch=iters_per_epoch, max_iters=max_iters, memory_format=memory_format, cam_set=cam_set)
 
 
 def _resume(run: Run) -> None:
@@ -289,13 +298,17 @@ def _checkpoint(run: Run, step: int) -> None:
     run.comm.barrier()
 
 
-def _evaluate(run: Run, step: int) -> dict | None:
-    """Rank 0 evaluates the method's eval model and adds a point to the curve; the others wait."""
+def _evaluate(run: Run, step: int, final: bool = False) -> dict | None:
+    """Rank 0 evaluates the method's eval model and adds a point to the curve; the others wait.
+    The final evaluation adds the dense CRF (``eval.crf``) and the CAM quality (tags)."""
     res = None
     if run.info.is_main:
         cfg = run.cfg
         v_set, v_loader = build_eval_loader(cfg, cfg.data.val_split, run.mean, run.std)
-        res = run_evaluation(cfg, run.method.eval_model(), v_loader, v_set, run.device)
+        model = run.method.eval_model()
+        res = run_evaluation(cfg, model, v_loader, v_set, run.device, crf=final and cfg.eval.crf)
+        if final and run.cam_set is not None:
+            res["cam"] = run_cam_quality(cfg, model, run.cam_set, run.mean, run.std, run.device)
         run.method.train()  # back to training mode, frozen BatchNorm layers kept frozen
         run.curve[:] = [p for p in run.curve if p["step"] != step]  # a resumed finished run re-evaluates
         run.curve.append({"step": step, "mIoU": res["mIoU"], "mAcc": res["mAcc"], "per_class": res["per_class"]})
@@ -374,7 +387,7 @@ def _loop(run: Run) -> None:
 
 def _finish(run: Run) -> dict:
     """Final evaluation (before the final checkpoint, which keeps the whole curve), metrics.json."""
-    result = _evaluate(run, run.max_iters)
+    result = _evaluate(run, run.max_iters, final=True)
     _checkpoint(run, run.max_iters)
     if not run.info.is_main:
         return {}
@@ -389,8 +402,17 @@ def _finish(run: Run) -> dict:
         "processes": run.info.world_size, "last_train_logs": run.last_logs, "curve": curve,
         "best_mIoU": max(p["mIoU"] for p in curve), "best_step": max(curve, key=lambda p: p["mIoU"])["step"],
     }
+    for key in ("crf", "cam"):  # with eval.crf: the CRF's scores; with tags: the CAM quality
+        if key in result:
+            metrics[key] = result[key]
     (run.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(format_iou_table(result))
+    if "crf" in result:
+        print(f"with dense CRF: mIoU {result['crf']['mIoU']:.2f}")
+    if "cam" in result:
+        cam = result["cam"]
+        print(f"CAM quality ({cam['num_images']} training images with masks): mIoU {cam['mIoU']:.2f} on "
+              f"{100 * cam['labelled_fraction']:.1f}% of the pixels, dense {cam['mIoU_dense']:.2f}")
     return metrics
 
 

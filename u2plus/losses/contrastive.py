@@ -39,9 +39,11 @@ __all__ = ["ContrastiveConfig", "contrastive_loss", "pixel_info_nce"]
 
 @dataclass
 class ContrastiveConfig:
-    """Hyper-parameters and ablation switches of ``L_c`` (paper defaults): the sampling of
-    Algorithm 1 (``temperature``, ``num_anchors``, ``num_negatives``, ``use_queue``) and the
-    semi-supervised mask rules of :mod:`u2plus.losses.contrastive_masks`.
+    """Hyper-parameters and ablation switches of ``L_c`` (paper defaults), shared by the
+    semi-supervised and the weakly-supervised criterion: the sampling of Algorithm 1
+    (``temperature``, ``num_anchors``, ``num_negatives``, ``use_queue``), the memory (queues,
+    momentum prototypes) and the semi-supervised mask rules of
+    :mod:`u2plus.losses.contrastive_masks`.
 
     Attributes:
         temperature: ``tau`` of Eq. 10.
@@ -56,6 +58,12 @@ class ContrastiveConfig:
         negatives_from: which unlabeled pixels feed the negatives (Table III): "unreliable",
             "reliable" or "both".
         labeled_negatives: whether labeled pixels contribute negatives.
+        contrastive, lambda_c: whether the recipe adds ``L_c``, and its weight.
+        queue_size: keys per class queue ``Q_c``.
+        prototype_momentum: ``m`` of the momentum prototypes (Eq. 18); 0 = in-batch centroids.
+            The first prototypes come from a representation head that has not trained yet;
+            after N steps about ``m**N`` of them is left (0.999: half after 693 steps, so lower
+            it on short schedules; see :func:`u2plus.losses.prototypes.prototype_share_left`).
     """
 
     temperature: float = 0.5
@@ -68,6 +76,10 @@ class ContrastiveConfig:
     rank_threshold: bool = True
     negatives_from: str = "unreliable"
     labeled_negatives: bool = True
+    contrastive: bool = True
+    lambda_c: float = 0.1
+    queue_size: int = 30000
+    prototype_momentum: float = 0.999
 
 
 def _info_nce_per_anchor(anchors: Tensor, positives: Tensor, negatives: Tensor, temperature: float,

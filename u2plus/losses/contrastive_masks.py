@@ -1,7 +1,8 @@
-"""Which pixels are anchors and which are negatives of each class in the semi-supervised (and
-domain-adaptive) setting: paper Eq. 21-28, the probability-rank thresholds (PRT) and the Table III
-switches. Algorithm 1 (:func:`u2plus.losses.contrastive.contrastive_loss`) takes the two masks;
-another setting (the weakly-supervised rules of Eq. 29-31) supplies its own.
+"""Which pixels are anchors and which are negatives of each class: in the semi-supervised (and
+domain-adaptive) setting paper Eq. 21-28, the probability-rank thresholds (PRT) and the Table III
+switches (:func:`semi_supervised_masks`); in the weakly-supervised setting Eq. 29 and 31 with the
+Table XIV switches (:func:`weakly_supervised_masks`). Algorithm 1
+(:func:`u2plus.losses.contrastive.contrastive_loss`) takes the two masks.
 
 Fault 1 of the conference reference code is not reproduced: the negatives of class ``c`` are
 pixels whose label is ``!= c``, never ANDed with ``label == c``.
@@ -14,7 +15,8 @@ from torch import Tensor
 
 from .contrastive import ContrastiveConfig
 
-__all__ = ["anchor_mask", "class_rank", "labeled_negative_mask", "semi_supervised_masks", "unlabeled_negative_mask"]
+__all__ = ["anchor_mask", "class_rank", "labeled_negative_mask", "semi_supervised_masks", "unlabeled_negative_mask",
+           "weakly_supervised_masks"]
 
 
 def class_rank(prob: Tensor) -> Tensor:
@@ -128,4 +130,31 @@ def semi_supervised_masks(labels: Tensor, prob: Tensor, is_labeled: Tensor, unre
     prob = prob.detach().float()
     anchors = anchor_mask(labels, prob, cfg.delta_p, ignore_index)
     negatives = _negative_mask(labels, class_rank(prob), is_labeled, unreliable, cfg, ignore_index)
+    return anchors, negatives
+
+
+def weakly_supervised_masks(cams: Tensor, tags: Tensor, beta: float, valid: Tensor | None = None,
+                            absent_class_negatives: bool = True,
+                            low_cam_negatives: bool = True) -> tuple[Tensor, Tensor]:
+    """Anchor and negative masks ``[B, K, h, w]`` (bool) from CAMs and image-level labels.
+
+    Anchors of class ``c`` (Eq. 29): pixels of images tagged ``c`` with ``M^c > beta``.
+    Negatives of ``c`` (Eq. 31): ``n_ij(c) = 1[y_i^c = 0] or 1[M_ij^c < beta]``: every pixel of an
+    image without ``c``, and the pixels of an image with ``c`` whose CAM of ``c`` is below
+    ``beta`` (not reliably ``c``). Table XIV's switches drop either term. Pixels where ``valid``
+    ``[B, h, w]`` is False (crop padding) are neither.
+
+    Args:
+        cams: ``[B, K, h, w]`` in ``[0, 1]``; tags: ``[B, K]`` in {0, 1} (the same K classes).
+    """
+    present = tags.to(device=cams.device, dtype=torch.bool)[:, :, None, None]
+    anchors = present & (cams > beta)
+    negatives = torch.zeros_like(anchors)
+    if absent_class_negatives:
+        negatives = negatives | ~present
+    if low_cam_negatives:
+        negatives = negatives | (present & (cams < beta))
+    if valid is not None:
+        inside = valid.to(device=cams.device, dtype=torch.bool).unsqueeze(1)
+        anchors, negatives = anchors & inside, negatives & inside
     return anchors, negatives

@@ -1,4 +1,4 @@
-"""Class prototypes with momentum update (paper Eq. 15-18)."""
+"""Class prototypes with momentum update (paper Eq. 15-18; Eq. 30 for the weakly-supervised anchors)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["class_feature_sums", "momentum_prototype_update", "prototype_share_left", "PrototypeMemory"]
+__all__ = ["class_feature_sums", "masked_class_feature_sums", "momentum_prototype_update", "prototype_share_left",
+           "PrototypeMemory"]
 
 
 def class_feature_sums(
@@ -34,6 +35,21 @@ def class_feature_sums(
     counts = torch.zeros(num_classes + 1, dtype=torch.long, device=feats.device)
     counts.index_add_(0, idx, torch.ones_like(idx))
     return sums[:num_classes], counts[:num_classes]
+
+
+def masked_class_feature_sums(features: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-class sums and counts of the features under per-class masks (numerator and denominator
+    of Eq. 30: a pixel may count for several classes, e.g. the anchors of Eq. 29).
+
+    Args:
+        features: ``[B, D, h, w]`` (L2-normalised teacher) features; masks: ``[B, C, h, w]`` bool.
+
+    Returns:
+        ``sums [C, D]`` float32 and ``counts [C]`` long.
+    """
+    m = masks.to(torch.float32)
+    sums = torch.einsum("bchw,bdhw->cd", m, features.detach().float())
+    return sums, masks.sum(dim=(0, 2, 3)).long()
 
 
 def momentum_prototype_update(

@@ -8,25 +8,36 @@ from .base import Method, StepContext
 from .mean_teacher import MeanTeacher
 from .semi_supervised import SemiSupervised
 from .suponly import SupOnly
+from .weakly_supervised import WeaklySupervised
 
-# selftrain, u2pl and u2pl_plus are one recipe with different criterion switches (config presets)
+# selftrain, u2pl and u2pl_plus are one recipe with different criterion switches (config presets);
+# afa and afa_u2pl_plus too, on image-level tags
 METHODS = {
     "suponly": SupOnly,
     "selftrain": SemiSupervised,
     "u2pl": SemiSupervised,
     "u2pl_plus": SemiSupervised,
+    "afa": WeaklySupervised,
+    "afa_u2pl_plus": WeaklySupervised,
 }
 
 
 def method_class(cfg):
+    """The method's class; a ConfigError when it does not train on what ``data.supervision`` gives."""
     try:
-        return METHODS[cfg.method.name]
+        cls = METHODS[cfg.method.name]
     except KeyError:
         raise ConfigError(f"method.name={cfg.method.name!r} is not one of {', '.join(sorted(METHODS))}") from None
+    if cls.supervision != cfg.data.supervision:
+        fitting = ", ".join(name for name, c in METHODS.items() if c.supervision == cfg.data.supervision)
+        raise ConfigError(f"data.supervision={cfg.data.supervision} but method.name={cfg.method.name} trains on "
+                          f"{cls.supervision}; with {cfg.data.supervision} use {fitting}")
+    return cls
 
 
 def build_method(cfg, student) -> Method:
     return method_class(cfg)(cfg, student)
 
 
-__all__ = ["METHODS", "MeanTeacher", "Method", "SemiSupervised", "StepContext", "build_method", "method_class"]
+__all__ = ["METHODS", "MeanTeacher", "Method", "SemiSupervised", "StepContext", "WeaklySupervised", "build_method",
+           "method_class"]

@@ -3,7 +3,8 @@
 A method is an ``nn.Module`` holding all of its trainable and stateful parts (student, teacher,
 criterion with its prototypes and queues), so one ``state_dict`` checkpoints all of them. It
 declares what the engine needs to know, and the engine knows nothing else of it: its data
-``streams`` (``labeled`` alone, or ``labeled`` + ``unlabeled``), its optimiser
+``streams`` (``labeled`` alone, or ``labeled`` + ``unlabeled``), the ``supervision`` its training
+images carry (``pixels`` or image-level ``tags``), its optimiser
 :meth:`param_groups` and the ``progress_fields`` of the progress bar. The engine calls
 ``training_step`` (returns the loss to back-propagate and logs) and, after the optimiser step,
 ``after_optimizer_step``.
@@ -42,16 +43,23 @@ class Method(nn.Module):
     streams: tuple[str, ...] = ("labeled",)
     # log key -> short name shown in the progress bar (beside the total loss and the lr)
     progress_fields: dict[str, str] = {}
+    # what its training images carry: "pixels" (masks) or "tags" (image-level labels, data.supervision)
+    supervision: str = "pixels"
 
     @property
     def loss_terms(self) -> tuple[str, ...]:
         """The loss terms a training step logs once the method is fully on (after any warm-up)."""
         return ("loss_sup",)
 
+    @classmethod
+    def prepare_student(cls, student: nn.Module, cfg) -> nn.Module:
+        """The network as this method trains it (e.g. with extra heads); before weights are loaded."""
+        return student
+
     def __init__(self, cfg, student: nn.Module):
         super().__init__()
         self.cfg = cfg
-        self.student = student
+        self.student = self.prepare_student(student, cfg)
         self.ignore_index = cfg.data.ignore_index
         self.comm: Comm = LOCAL
         self.__dict__["_student_runner"] = None  # the DDP wrapper (kept out of state_dict)
@@ -69,9 +77,10 @@ class Method(nn.Module):
         self.comm = comm
         self.__dict__["_student_runner"] = student_runner
 
-    def student_forward(self, x: torch.Tensor, with_rep: bool = False) -> dict[str, torch.Tensor]:
+    def student_forward(self, x: torch.Tensor, **outputs: bool) -> dict[str, torch.Tensor]:
+        """The student's forward (through DDP under torchrun); ``outputs``: e.g. ``with_rep=True``."""
         runner = self.__dict__["_student_runner"] or self.student
-        return runner(x, with_rep=with_rep)
+        return runner(x, **outputs)
 
     def param_groups(self) -> list[dict]:
         """Optimiser groups: ``params`` and ``lr_mult`` (times ``train.lr``): the encoder at 1,

@@ -1,5 +1,5 @@
-"""The mean-teacher base shared by the semi-supervised (and the coming domain-adaptive and
-weakly-supervised) recipes: an EMA teacher of the student (paper Eq. 2), run in eval mode, copied
+"""The mean-teacher base shared by the semi-supervised and weakly-supervised (and the coming
+domain-adaptive) recipes: an EMA teacher of the student (paper Eq. 2), run in eval mode, copied
 from the student through a supervised-only warm-up (docs/method.md, step 11)."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class MeanTeacher(Method):
 
     def __init__(self, cfg, student: nn.Module):
         super().__init__(cfg, student)
-        self.teacher = copy.deepcopy(student)
+        self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
 
@@ -82,8 +82,11 @@ class MeanTeacher(Method):
         return self.teacher if self.cfg.method.eval_teacher else self.student
 
     def first_semi_step(self, ctx: StepContext) -> int:
-        """First step with the unlabeled losses (after ``sup_only_epochs`` of L_s alone)."""
-        return math.ceil(self.cfg.method.sup_only_epochs * max(ctx.iters_per_epoch, 1) - 1e-9)
+        """First step with the unlabeled losses (after ``sup_only_epochs`` of L_s alone, or
+        ``sup_only_fraction`` of the schedule, whichever ends later)."""
+        m = self.cfg.method
+        return max(math.ceil(m.sup_only_epochs * max(ctx.iters_per_epoch, 1) - 1e-9),
+                   math.ceil(m.sup_only_fraction * ctx.max_iters - 1e-9))
 
     def in_warmup(self, ctx: StepContext) -> bool:
         return ctx.step < self.first_semi_step(ctx)

