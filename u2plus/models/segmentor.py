@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .daformer import DAFormerDecoder
 from .deeplabv3plus import DeepLabV3PlusDecoder
 from .encoders import build_encoder
 from .heads import RepresentationHead, SegmentationHead
@@ -21,11 +22,15 @@ class Segmentor(nn.Module):
         self.num_classes = num_classes
         self.mean, self.std = encoder.mean, encoder.std
 
-    def forward(self, x: torch.Tensor, with_rep: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, with_rep: bool = False, with_features: bool = False) -> dict[str, torch.Tensor]:
         """``logits`` [B, C, H/4, W/4]; with ``with_rep``, ``rep`` [B, D, H/4, W/4], L2-normalised
-        per pixel (as every similarity, prototype and memory-bank use needs)."""
-        fmap = self.decoder(self.encoder(x))
+        per pixel (as every similarity, prototype and memory-bank use needs); with
+        ``with_features``, ``features``: the encoder's maps (e.g. for DAFormer's feature distance)."""
+        features = self.encoder(x)
+        fmap = self.decoder(features)
         out = {"logits": self.seg_head(fmap)}
+        if with_features:
+            out["features"] = features
         if with_rep:
             if self.rep_head is None:
                 raise RuntimeError("this model was built without a representation head (model.rep_head=false)")
@@ -45,9 +50,13 @@ class Segmentor(nn.Module):
 
 def build_segmentor(model_cfg, num_classes: int) -> Segmentor:
     encoder = build_encoder(model_cfg.encoder, model_cfg.pretrained, model_cfg.output_stride)
-    decoder = DeepLabV3PlusDecoder(encoder.channels, encoder.reductions, model_cfg.decoder_channels,
-                                   model_cfg.aspp_rates, model_cfg.aspp_separable, model_cfg.aspp_dropout,
-                                   model_cfg.aspp_pooling_norm)
+    if model_cfg.decoder == "daformer":
+        decoder = DAFormerDecoder(encoder.channels, encoder.reductions, model_cfg.decoder_channels,
+                                  tuple(model_cfg.fusion_rates))
+    else:
+        decoder = DeepLabV3PlusDecoder(encoder.channels, encoder.reductions, model_cfg.decoder_channels,
+                                       model_cfg.aspp_rates, model_cfg.aspp_separable, model_cfg.aspp_dropout,
+                                       model_cfg.aspp_pooling_norm)
     model = Segmentor(encoder, decoder, num_classes, model_cfg.rep_dim if model_cfg.rep_head else None)
     if model_cfg.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
