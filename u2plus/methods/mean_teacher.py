@@ -1,4 +1,4 @@
-"""The mean-teacher base shared by the semi-supervised (and the coming domain-adaptive and
+"""The mean-teacher base shared by the semi-supervised and domain-adaptive (and the coming
 weakly-supervised) recipes: an EMA teacher of the student (paper Eq. 2), run in eval mode, copied
 from the student through a supervised-only warm-up (docs/method.md, step 11)."""
 
