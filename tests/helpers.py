@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from u2plus.comm import LOCAL
 from u2plus.losses.contrastive import contrastive_loss
 from u2plus.losses.contrastive_masks import semi_supervised_masks
@@ -13,3 +16,41 @@ def ss_contrastive_loss(z_student, z_teacher, prob, labels, is_labeled, unreliab
     anchors, negatives = semi_supervised_masks(labels, prob, is_labeled, unreliable, cfg, ignore_index)
     return contrastive_loss(z_student, z_teacher, anchors, negatives, prototypes, proto_valid, queues, cfg,
                             seed=seed, image_ids=image_ids, comm=comm)
+
+
+def train_steps(method, batches_for_step, steps: int = 2, first_step: int = 0) -> list:
+    """``steps`` SGD steps of a method on ``batches_for_step(step) -> (first stream's batch,
+    second stream's batch or None)``; returns ``(loss, logs)`` of each step."""
+    from u2plus.methods import StepContext
+
+    opt = torch.optim.SGD(method.student.parameters(), lr=0.01)
+    method.train()
+    out = []
+    for step in range(first_step, first_step + steps):
+        ctx = StepContext(step, max_iters=10, iters_per_epoch=5)
+        loss, logs = method.training_step(*batches_for_step(step), ctx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.after_optimizer_step(ctx)
+        out.append((loss.detach(), logs))
+    return out
+
+
+def stop_after_first_checkpoint(monkeypatch, train) -> None:
+    """Run ``train()`` and interrupt it right after it wrote its first checkpoint."""
+    from u2plus.engine import trainer
+
+    real_save = trainer.save_checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(state, path):
+        real_save(state, path)
+        raise Stop()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "save_checkpoint", save_then_stop)
+        with pytest.raises(Stop):
+            train()
