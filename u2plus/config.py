@@ -361,6 +361,9 @@ def _validate(cfg: DictConfig) -> None:
                               "or a list of one positive number per class")
         if cfg.train.ohem:
             raise ConfigError("train.class_weights cannot be combined with train.ohem")
+    t = cfg.data.source.rcs_temperature
+    if t is not None and t <= 0:
+        raise ConfigError(f"data.source.rcs_temperature={t} must be positive (null: uniform sampling)")
     if cfg.data.batch_size <= 0:
         raise ConfigError("data.batch_size must be positive")
     if cfg.train.max_iters <= 0 and cfg.train.epochs is None:
