@@ -22,6 +22,33 @@ from .ws_criterion import WSCriterionConfig
 
 
 @dataclass
+class DomainConfig:
+    """One domain of the domain-adaptive setting (``data.source`` or ``data.target``). Its datasets
+    are built as ``data`` with the keys set here replaced (a key left null keeps ``data``'s), so
+    crop, augmentation, batch and class count stay shared. The target's labels are never trained
+    on: they only evaluate."""
+
+    dataset: Optional[str] = None  # null: no such domain (semi-supervised configs)
+    root: Optional[str] = None
+    splits: list = field(default_factory=lambda: ["train"])  # training splits, joined (CamVid day: train + val)
+    val_split: Optional[str] = None  # evaluated split (target: the headline mIoU; source: a second eval set)
+    ids: Optional[str] = None  # split file: keep only these ids (training and evaluation)
+    prefixes: Optional[list] = None  # keep only ids starting with one of these (CamVid sequences)
+    resize_factor: Optional[float] = None
+    resize: Optional[list] = None  # [height, width] at load (GTA5 720x1280, Cityscapes 512x1024)
+    class_names: Optional[list] = None  # folder dataset
+    images: Optional[str] = None
+    masks: Optional[str] = None
+    val_images: Optional[str] = None
+    val_masks: Optional[str] = None
+    # Rare class sampling (DAFormer, source domain): class c with probability
+    # softmax_c((1 - f_c) / T), f_c its share of the source pixels, then an image with at least
+    # rcs_min_pixels of c; null: uniform. Class statistics are cached beside the data.
+    rcs_temperature: Optional[float] = None
+    rcs_min_pixels: int = 3000
+
+
+@dataclass
 class DataConfig:
     dataset: str = "camvid"  # camvid | voc | cityscapes | gta5 | synthia | ccp | folder
     # the dataset's folder: absolute, or relative to the current directory where it exists there,
@@ -55,6 +82,8 @@ class DataConfig:
     voc_variant: str = "classic"
     # Fixed pre-resize of every image and mask (0.5 = half resolution), before augmentation.
     resize_factor: float = 1.0
+    # Or a fixed size [height, width] (wins over resize_factor), e.g. GTA5 at 720x1280 (DA).
+    resize: Optional[list] = None
     crop_size: list = field(default_factory=lambda: [321, 321])  # [height, width]
     scale_range: list = field(default_factory=lambda: [0.5, 2.0])
     hflip: bool = True
@@ -70,11 +99,19 @@ class DataConfig:
     unlabeled_batch_size: int = 8  # unlabeled images per step (global)
     num_workers: int = 2
     validate: bool = True  # check every file (decodes, sizes, label values) before training
+    # Domain-adaptive setting (methods whose streams are ``source`` and ``target``): the labeled
+    # source domain and the unlabeled target domain, on which evaluation runs. Unused otherwise.
+    source: DomainConfig = field(default_factory=DomainConfig)
+    target: DomainConfig = field(default_factory=DomainConfig)
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = "tf_efficientnet_lite0"  # any timm features_only CNN: resnet18/50/101, ...
+    # any timm features_only CNN (resnet18/50/101, tf_efficientnet_lite0, ...) or mit_b0..mit_b5
+    # (SegFormer's Mix Transformer from segmentation-models-pytorch, u2plus/models/mit.py; output
+    # stride 32, or 16 with AFA's last stage at stride 16)
+    encoder: str = "tf_efficientnet_lite0"
+    # deeplabv3plus | segformer (the SegFormer MLP head, the WS recipes) | daformer (DA recipes)
     decoder: str = "deeplabv3plus"
     # "imagenet": bundled offline weights where available; "none": random init;
     # otherwise a path to a local .pth/.safetensors state dict for the encoder.
@@ -87,6 +124,8 @@ class ModelConfig:
     # normalisation of ASPP's image-pooling branch: none | groupnorm | batchnorm (the original,
     # whose running variance collapses over small batches; see models/deeplabv3plus.py)
     aspp_pooling_norm: str = "none"
+    # DAFormer decoder: dilation rates of its parallel depthwise-separable fusion convolutions
+    fusion_rates: list = field(default_factory=lambda: [1, 6, 12, 18])
     rep_head: bool = True
     rep_dim: int = 256
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
@@ -144,6 +183,9 @@ class EvalConfig:
     scales: list = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
     flip: bool = True
     batch_size: int = 1
+    classes: Optional[list] = None  # train ids in the mIoU (null: all), e.g. SYNTHIA's 16
+    # further mIoUs, each over a list of train ids, reported as mIoU<count> (SYNTHIA's mIoU13)
+    class_subsets: list = field(default_factory=list)
     # the final evaluation (and `u2plus eval`) also reports the predictions after a dense CRF
     # (pydensecrf2: pip install 'u2plus[crf]'; u2plus/engine/crf.py) under "crf"
     crf: bool = False
@@ -158,8 +200,10 @@ class MethodConfig(CriterionConfig, WSCriterionConfig):
     ``name`` picks a preset (``METHOD_PRESETS``); keys set in a config file or override win over
     the preset."""
 
-    name: str = "suponly"  # suponly | selftrain | u2pl | u2pl_plus | afa | afa_u2pl_plus
-    ema_momentum: float = 0.99  # max EMA momentum of the teacher (0.999 for DA)
+    # semi-supervised: suponly | selftrain | u2pl | u2pl_plus; domain-adaptive: source_only |
+    # daformer | daformer_u2pl_plus; weakly-supervised (data.supervision=tags): afa | afa_u2pl_plus
+    name: str = "suponly"
+    ema_momentum: float = 0.99  # max EMA momentum of the teacher (the DA presets: 0.999)
     eval_teacher: bool = True  # evaluate / export the EMA teacher (else the student)
     sup_only_epochs: float = 0.0  # first epochs train with L_s alone
     # the same as a share of train.max_iters (the later of the two counts): the weakly-supervised
@@ -177,6 +221,15 @@ class MethodConfig(CriterionConfig, WSCriterionConfig):
     # CutMix of the strong view
     cutmix_prob: float = 0.5
     cutmix_area: list = field(default_factory=lambda: [0.02, 0.4])
+    # DAFormer (domain-adaptive methods): pseudo-labels weighted by the share of target pixels
+    # whose teacher confidence exceeds pseudo_threshold, 0 in the top / bottom rows given here
+    pseudo_threshold: float = 0.968
+    pseudo_weight_ignore_rows: list = field(default_factory=lambda: [0, 0])
+    # ImageNet feature distance on source images: weight, classes (null: every pixel), and the
+    # share of a feature pixel's label pixels its majority class needs
+    fd_lambda: float = 0.005
+    fd_classes: Optional[list] = None
+    fd_min_ratio: float = 0.75
 
 
 # What each method name means: the switches it turns off relative to the full U2PL+.
@@ -187,6 +240,13 @@ METHOD_PRESETS: dict[str, dict] = {
     # conference U2PL: L_c with queues, DPA, PRT; CE; no PD; in-batch prototypes
     "u2pl": {"prototype_denoising": False, "prototype_momentum": 0.0, "sce_xi2": 0.0},
     "u2pl_plus": {},
+    # domain-adaptive (docs/method.md, "Domain-adaptive setting"): the student on the source alone
+    "source_only": {},
+    # DAFormer: EMA teacher, ClassMix, confidence-weighted pseudo-labels, RCS, feature distance
+    "daformer": {"contrastive": False, "prototype_denoising": False, "ema_momentum": 0.999},
+    # DAFormer + U2PL+'s L_c (with PD and momentum prototypes) on the ClassMixed target images;
+    # DAFormer's weighted CE stays the pseudo-label loss, so the criterion's L_u is off (eta 0)
+    "daformer_u2pl_plus": {"eta": 0.0, "ema_momentum": 0.999},
     # weakly supervised (data.supervision=tags): AFA's single-stage recipe, and U2PL+ on it (+ L_c, Eq. 29-31)
     "afa": {"contrastive": False},
     "afa_u2pl_plus": {},
@@ -293,7 +353,7 @@ def _validate(cfg: DictConfig) -> None:
     if str(cfg.train.amp).lower() == "false":  # YAML reads a bare `off` as the boolean false
         cfg.train.amp = "off"
     choices = {
-        "model.decoder": ("deeplabv3plus", "segformer"),
+        "model.decoder": ("deeplabv3plus", "segformer", "daformer"),
         "model.aspp_pooling_norm": ("none", "groupnorm", "batchnorm"),
         "train.optimizer": ("sgd", "adamw"),
         "train.lr_schedule": ("poly", "linear", "constant"),
@@ -311,10 +371,14 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
     if cfg.model.output_stride not in (8, 16, 32):
         raise ConfigError(f"model.output_stride={cfg.model.output_stride} must be 8, 16 or 32")
-    for key in ("data.crop_size", "eval.crop_size"):
+    for key in ("data.crop_size", "eval.crop_size", "data.resize", "data.source.resize", "data.target.resize"):
         v = OmegaConf.select(cfg, key)
-        if len(v) != 2 or min(v) <= 0:
+        if v is not None and (len(v) != 2 or min(v) <= 0):
             raise ConfigError(f"{key}={list(v)} must be [height, width] with positive values")
+    for key in ("eval.classes", "method.fd_classes", *(f"eval.class_subsets[{i}]" for i in range(len(cfg.eval.class_subsets)))):
+        ids = OmegaConf.select(cfg, key)
+        if ids is not None and not all(isinstance(c, int) and 0 <= c < cfg.data.num_classes for c in ids):
+            raise ConfigError(f"{key}={list(ids)} must list train ids in 0..{cfg.data.num_classes - 1}")
     weights = cfg.train.class_weights
     if weights is not None:
         if isinstance(weights, str):
@@ -327,6 +391,9 @@ def _validate(cfg: DictConfig) -> None:
                               "or a list of one positive number per class")
         if cfg.train.ohem:
             raise ConfigError("train.class_weights cannot be combined with train.ohem")
+    t = cfg.data.source.rcs_temperature
+    if t is not None and t <= 0:
+        raise ConfigError(f"data.source.rcs_temperature={t} must be positive (null: uniform sampling)")
     if cfg.data.batch_size <= 0:
         raise ConfigError("data.batch_size must be positive")
     m = cfg.method

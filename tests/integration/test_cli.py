@@ -14,6 +14,7 @@ from u2plus.cli import main
 from u2plus.engine import trainer as trainer_module
 
 from ..conftest import DEMO_ROOT, REPO, tiny_overrides
+from ..helpers import stop_after_first_checkpoint
 
 DEMO_CONFIG = str(REPO / "configs" / "demo" / "suponly.yaml")
 DEMO_OVERRIDES = [f"data.root={DEMO_ROOT}"]
@@ -202,19 +203,7 @@ def test_resume_is_exact(method, tmp_path, monkeypatch):
     args = [*DEMO_OVERRIDES, *extra, "train.eval_every=2"]
     assert main(["train", DEMO_CONFIG, *args, *tiny_overrides(full)]) == 0
 
-    real_save = trainer_module.save_checkpoint
-
-    class Stop(Exception):
-        pass
-
-    def save_then_stop(state, path):
-        real_save(state, path)
-        raise Stop()
-
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_stop)
-    with pytest.raises(Stop):
-        main(["train", DEMO_CONFIG, *args, *tiny_overrides(cut)])
-    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    stop_after_first_checkpoint(monkeypatch, lambda: main(["train", DEMO_CONFIG, *args, *tiny_overrides(cut)]))
     assert torch.load(cut / "last.pt", weights_only=True)["step"] == 2
     assert main(["train", DEMO_CONFIG, *args, *tiny_overrides(cut), "resume=auto"]) == 0
 

@@ -10,7 +10,7 @@ from u2plus.config import load_config
 from u2plus.methods import StepContext, build_method
 from u2plus.models import build_segmentor
 
-from ..helpers import train_step
+from ..helpers import train_steps
 
 NUM_CLASSES = 4
 
@@ -37,14 +37,11 @@ def batches(seed: int = 0, with_unlabeled_masks: bool = False):
 
 
 def run_steps(method, steps: int = 2, with_unlabeled_masks: bool = False, first_step: int = 0):
-    opt = torch.optim.SGD(method.student.parameters(), lr=0.01)
-    method.train()
-    out = []
-    for step in range(first_step, first_step + steps):
+    def streams(step):
         labeled, unlabeled = batches(step, with_unlabeled_masks)
-        ctx = StepContext(step, max_iters=10, iters_per_epoch=5)
-        out.append(train_step(method, opt, labeled, unlabeled if "unlabeled" in method.streams else None, ctx))
-    return out
+        return labeled, unlabeled if "unlabeled" in method.streams else None
+
+    return train_steps(method, streams, steps, first_step)
 
 
 @pytest.mark.parametrize("name, terms", [("suponly", {"loss_sup"}), ("selftrain", {"loss_sup", "loss_unsup"}),

@@ -12,7 +12,7 @@ from u2plus.methods import StepContext, build_method
 from u2plus.models import build_segmentor
 from u2plus.models.image_level import LastStageAttention, attach_image_level_heads
 
-from ..helpers import train_step
+from ..helpers import train_steps
 
 C = 4
 
@@ -36,13 +36,7 @@ def batch(seed: int = 0) -> dict:
 
 
 def run_steps(method, steps: int = 4):
-    opt = torch.optim.SGD(method.student.parameters(), lr=0.01)
-    method.train()
-    logs = []
-    for step in range(steps):
-        ctx = StepContext(step, max_iters=steps, iters_per_epoch=steps)
-        logs.append(train_step(method, opt, batch(step), None, ctx))
-    return logs
+    return train_steps(method, lambda step: (batch(step), None), steps, max_iters=steps, iters_per_epoch=steps)
 
 
 @pytest.mark.parametrize("name", ["afa", "afa_u2pl_plus"])

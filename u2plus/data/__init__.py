@@ -50,6 +50,7 @@ def build_dataset(data_cfg, split: str) -> SegmentationDataset:
         data_cfg = data_cfg.copy()
         data_cfg.root = str(dataset_root(data_cfg.dataset, data_cfg.root))
     ds = builder(data_cfg, split)
+    ds.resize = tuple(data_cfg.resize) if data_cfg.get("resize") else None
     if ds.num_classes != data_cfg.num_classes:
         raise ConfigError(
             f"data.num_classes={data_cfg.num_classes} but {ds.name} has {ds.num_classes} classes"
@@ -117,7 +118,11 @@ def build_train_sets(data_cfg, semi_supervised: bool) -> tuple[SegmentationDatas
     return labeled, unlabeled if unlabeled.has_masks else unlabeled.without_masks()
 
 
+# the streams and evaluation sets build on the functions above
+from .domains import STREAMS, build_eval_sets, build_stream_sets, check_same_classes, eval_data_cfg  # noqa: E402
+
 __all__ = [
-    "DATASETS", "SampleRef", "SegmentationDataset", "build_dataset", "build_train_sets", "cam_quality_set",
-    "data_dir", "read_id_list", "register", "resolve_root", "resolve_split_file", "tagged_images",
+    "DATASETS", "STREAMS", "SampleRef", "SegmentationDataset", "build_dataset", "build_eval_sets",
+    "build_stream_sets", "build_train_sets", "cam_quality_set", "check_same_classes", "data_dir", "eval_data_cfg",
+    "read_id_list", "register", "resolve_root", "resolve_split_file", "tagged_images",
 ]

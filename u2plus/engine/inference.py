@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from ..config import config_from_checkpoint
-from ..data import cam_quality_set
+from ..data import cam_quality_set, eval_data_cfg
 from ..data.base import list_images, read_image
+from ..data.domains import is_domain_adaptive
 from ..data.transforms import Normalize
 from ..errors import DataError
 from ..methods import build_method
@@ -43,13 +44,12 @@ def evaluate_checkpoint(cfg, checkpoint: str, split: str | None = None) -> dict:
     state = load_checkpoint(checkpoint)
     model = load_trained_model(cfg, state, device)
     mean, std = normalisation(cfg, model)
-    split = split or cfg.data.val_split
     dataset, loader = build_eval_loader(cfg, split, mean, std)
     result = run_evaluation(cfg, model, loader, dataset, device, crf=cfg.eval.crf)
     cam_set = cam_quality_set(cfg.data) if cfg.data.supervision == "tags" else None
     if cam_set is not None:
         result["cam"] = run_cam_quality(cfg, model, cam_set, mean, std, device)
-    result["split"] = split
+    result["split"] = split or (is_domain_adaptive(cfg.data) and cfg.data.target.val_split) or cfg.data.val_split
     return result
 
 
@@ -79,12 +79,13 @@ def load_for_inference(checkpoint: str, device: str = "auto"):
     return state, cfg, model, Normalize(mean, std), dev
 
 
-def rescale_image(image: torch.Tensor, factor: float) -> torch.Tensor:
-    """The fixed training-time rescale (``data.resize_factor``) of a uint8 image [3, H, W]."""
-    if factor == 1.0:
-        return image
+def rescale_image(image: torch.Tensor, factor: float, size=None) -> torch.Tensor:
+    """The fixed training-time rescale (``data.resize_factor``, or the fixed ``data.resize``
+    ``size``) of a uint8 image [3, H, W]."""
     h, w = image.shape[1:]
-    size = [max(1, round(h * factor)), max(1, round(w * factor))]
+    size = list(size) if size else [max(1, round(h * factor)), max(1, round(w * factor))]
+    if size == [h, w]:
+        return image
     return F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True,
                          align_corners=False)[0].clamp(0, 255).round().to(torch.uint8)
 
@@ -97,13 +98,14 @@ def predict_paths(checkpoint: str, inputs: list[str], out_dir: str, mode: str | 
     state, cfg, model, normalize, dev = load_for_inference(checkpoint, device)
     mode = mode or ("whole" if cfg.eval.mode == "center_crop" else cfg.eval.mode)
     class_names = state.get("class_names")
-    palette = palette_for(model.num_classes, cfg.data.dataset)
+    data_cfg = eval_data_cfg(cfg.data)  # the evaluated domain's settings (the target's in DA)
+    palette = palette_for(model.num_classes, data_cfg.dataset)
     out = Path(out_dir)
     paths = collect_inputs(inputs)
     for path in paths:
         image = read_image(path)
         h, w = image.shape[1:]
-        x = normalize(rescale_image(image, cfg.data.resize_factor))[None].to(dev)
+        x = normalize(rescale_image(image, data_cfg.resize_factor, data_cfg.resize))[None].to(dev)
         logits = predict_logits(model.predict, x, model.num_classes, mode=mode,
                                 crop_size=tuple(cfg.eval.crop_size),
                                 stride=tuple(cfg.eval.stride) if cfg.eval.stride else None,

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from ..config import save_config
-from ..data import build_dataset, build_train_sets, cam_quality_set
+from ..data import STREAMS, build_eval_sets, build_stream_sets, cam_quality_set, check_same_classes
 from ..data.sampler import collate, make_train_loader
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError
@@ -36,7 +36,7 @@ from .cam_quality import run_cam_quality
 from .checkpoint import evaluated_model_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .crf import crf_labels, require_crf
 from .distributed import DistInfo, init_distributed, shutdown_distributed
-from .evaluate import evaluate, format_iou_table
+from .evaluate import evaluate, format_iou_table, iou_from_confusion
 from .optim import build_optimizer, build_scheduler
 
 
@@ -58,24 +58,33 @@ def autocast_context(amp: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def build_eval_loader(cfg, split: str, mean, std):
-    ds = build_dataset(cfg.data, split)
+def eval_loader(cfg, ds, mean, std):
     ds.transform = EvalTransform(mean, std)
     return ds, torch.utils.data.DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False,
                                            num_workers=min(cfg.data.num_workers, 2), collate_fn=collate)
 
 
+def build_eval_loader(cfg, split: str | None, mean, std):
+    """(dataset, loader) of the headline evaluated set, or of ``split`` (of the target domain in
+    the domain-adaptive setting)."""
+    return eval_loader(cfg, next(iter(build_eval_sets(cfg.data, split).values())), mean, std)
+
+
 def run_evaluation(cfg, model, loader, dataset, device, progress: bool = False, crf: bool = False) -> dict:
     """Evaluate ``model`` in eval mode on ``loader`` (with ``crf``, also after the dense CRF, under
-    ``"crf"``); the caller puts it back into training mode (the trainer through
-    ``method.train()``, which keeps frozen BatchNorm layers frozen)."""
+    ``"crf"``); the caller puts it back into training mode (the trainer through ``method.train()``,
+    which keeps frozen BatchNorm layers frozen). The mIoU is over ``eval.classes`` (all when
+    null); ``mIoU<n>`` over each of ``eval.class_subsets``."""
     model.eval()
     e = cfg.eval
     mean, std = normalisation(cfg, model)
     result = evaluate(model.predict, loader, dataset.num_classes, mode=e.mode, crop_size=tuple(e.crop_size),
                       stride=tuple(e.stride) if e.stride else None, scales=tuple(e.scales), flip=e.flip,
                       ignore_index=cfg.data.ignore_index, device=device, class_names=dataset.class_names,
-                      progress=progress, crf=partial(crf_labels, mean=mean, std=std) if crf else None)
+                      eval_classes=list(e.classes) if e.classes is not None else None, progress=progress,
+                      crf=partial(crf_labels, mean=mean, std=std) if crf else None)
+    for subset in e.class_subsets:
+        result[f"mIoU{len(subset)}"] = iou_from_confusion(torch.tensor(result["confusion"]), list(subset))[1]
     return result
 
 
@@ -126,8 +135,7 @@ class Run:
     comm: object
     out_dir: Path
     method: object
-    labeled: object
-    unlabeled: object
+    train_sets: dict  # stream -> dataset, in the method's stream order (the first is labeled)
     mean: list
     std: list
     optimizer: torch.optim.Optimizer
@@ -139,9 +147,15 @@ class Run:
     cam_set: object = None  # tagged training images with masks: CAM quality (data.supervision=tags)
     start_step: int = 0
     curve: list = field(default_factory=list)  # val mIoU every train.eval_every steps
+    evaluated: dict = field(default_factory=dict)  # name -> last result, for each evaluated set
     writer: object = None
     train_seconds: float = 0.0
     last_logs: dict = field(default_factory=dict)  # scalars of the last logged step
+
+    @property
+    def labeled(self):
+        """The first stream's set: it holds the class names and count of the run."""
+        return next(iter(self.train_sets.values()))
 
 
 def _train(cfg, info: DistInfo, device: torch.device) -> dict:
@@ -163,27 +177,27 @@ def _build_run(cfg, info: DistInfo, device: torch.device) -> Run:
     if info.enabled:
         _check_distributed(cfg, info, device)
 
-    streams = method_class(cfg).streams
-    labeled, unlabeled = build_train_sets(cfg.data, "unlabeled" in streams)
-    val_set = build_dataset(cfg.data, cfg.data.val_split)
+    train_sets = build_stream_sets(cfg.data, method_class(cfg).streams)
+    eval_sets = build_eval_sets(cfg.data)
+    check_same_classes({**train_sets, **{f"evaluated {k}": v for k, v in eval_sets.items()}})
     cam_set = cam_quality_set(cfg.data) if cfg.data.supervision == "tags" else None
     if cfg.eval.crf:
         require_crf()
     if cfg.data.validate and main:
-        for ds in (labeled, unlabeled, val_set, cam_set):
+        for ds in (*train_sets.values(), *eval_sets.values(), cam_set):
             if ds is not None:
                 ds.check_files()
     comm.barrier()
 
+    labeled = next(iter(train_sets.values()))
     model = method_class(cfg).prepare_student(build_segmentor(cfg.model, labeled.num_classes), cfg)
     if cfg.train.init_from:
         _init_weights(model, cfg.train.init_from)
         if main:
             print(f"initial weights from {cfg.train.init_from}")
     mean, std = normalisation(cfg, model)
-    labeled.transform = TrainTransform(cfg.data, mean, std, strong=False)
-    if unlabeled is not None:
-        unlabeled.transform = TrainTransform(cfg.data, mean, std, strong=True)
+    for name, ds in train_sets.items():  # unlabeled streams get the strong view too
+        ds.transform = TrainTransform(cfg.data, mean, std, strong=not STREAMS[name].labeled)
     method = build_method(cfg, model)
     method.set_class_weights(resolve_class_weights(cfg.train.class_weights, labeled))
     if main and method.class_weights is not None:
@@ -203,13 +217,12 @@ def _build_run(cfg, info: DistInfo, device: torch.device) -> Run:
         if info.rank:  # dropout etc. draw different numbers on each process
             torch.manual_seed(cfg.seed * 7919 + info.rank)
     # one epoch = one pass over the method's last stream (the unlabeled set when it has one)
-    epoch_set, epoch_batch = ((unlabeled, cfg.data.unlabeled_batch_size) if unlabeled is not None
-                              else (labeled, cfg.data.batch_size))
-    iters_per_epoch = math.ceil(len(epoch_set) / epoch_batch)
+    epoch_stream, epoch_set = list(train_sets.items())[-1]
+    iters_per_epoch = math.ceil(len(epoch_set) / cfg.data[STREAMS[epoch_stream].batch_key])
     max_iters = math.ceil(cfg.train.epochs * iters_per_epoch) if cfg.train.epochs else cfg.train.max_iters
     optimizer = build_optimizer(cfg.train, method.param_groups())
     return Run(cfg=cfg, info=info, device=device, comm=comm, out_dir=Path(cfg.out_dir), method=method,
-               labeled=labeled, unlabeled=unlabeled, mean=mean, std=std, optimizer=optimizer,
+               train_sets=train_sets, mean=mean, std=std, optimizer=optimizer,
                scheduler=build_scheduler(cfg.train, optimizer, max_iters),
                scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16"),
                iters_per_epoch=iters_per_epoch, max_iters=max_iters, memory_format=memory_format, cam_set=cam_set)
@@ -253,10 +266,10 @@ def _resume(run: Run) -> None:
 
 # settings that must agree for a SupOnly run's steps to be this run's own warm-up steps
 _WARMUP_KEYS = ("seed", "data.dataset", "data.root", "data.labeled", "data.batch_size", "data.crop_size",
-                "data.scale_range", "data.hflip", "data.resize_factor", "model", "train.max_iters", "train.epochs",
-                "train.optimizer", "train.lr", "train.head_lr_mult", "train.momentum", "train.weight_decay",
-                "train.lr_schedule", "train.poly_power", "train.warmup_iters", "train.ohem", "train.class_weights",
-                "train.amp")
+                "data.scale_range", "data.hflip", "data.resize_factor", "data.resize", "model", "train.max_iters",
+                "train.epochs", "train.optimizer", "train.lr", "train.head_lr_mult", "train.momentum",
+                "train.weight_decay", "train.lr_schedule", "train.poly_power", "train.warmup_iters", "train.ohem",
+                "train.class_weights", "train.amp")
 
 
 def _warmup_state(run: Run, state: dict) -> dict:
@@ -299,21 +312,29 @@ def _checkpoint(run: Run, step: int) -> None:
 
 
 def _evaluate(run: Run, step: int, final: bool = False) -> dict | None:
-    """Rank 0 evaluates the method's eval model and adds a point to the curve; the others wait.
-    The final evaluation adds the dense CRF (``eval.crf``) and the CAM quality (tags)."""
+    """Rank 0 evaluates the method's eval model on every evaluated set (the headline first) and
+    adds a point to the curve; the others wait. Returns the headline result. The final
+    evaluation adds the dense CRF (``eval.crf``) and the CAM quality (tags) to it."""
     res = None
     if run.info.is_main:
         cfg = run.cfg
-        v_set, v_loader = build_eval_loader(cfg, cfg.data.val_split, run.mean, run.std)
         model = run.method.eval_model()
-        res = run_evaluation(cfg, model, v_loader, v_set, run.device, crf=final and cfg.eval.crf)
+        for name, ds in build_eval_sets(cfg.data).items():
+            _, loader = eval_loader(cfg, ds, run.mean, run.std)
+            run.evaluated[name] = run_evaluation(cfg, model, loader, ds, run.device, crf=final and cfg.eval.crf)
+        (headline, res), *others = run.evaluated.items()
         if final and run.cam_set is not None:
             res["cam"] = run_cam_quality(cfg, model, run.cam_set, run.mean, run.std, run.device)
         run.method.train()  # back to training mode, frozen BatchNorm layers kept frozen
+        point = {"step": step, "mIoU": res["mIoU"], "mAcc": res["mAcc"], "per_class": res["per_class"]}
+        if others:
+            point["sets"] = {k: {"mIoU": r["mIoU"], "mAcc": r["mAcc"], "per_class": r["per_class"]} for k, r in others}
         run.curve[:] = [p for p in run.curve if p["step"] != step]  # a resumed finished run re-evaluates
-        run.curve.append({"step": step, "mIoU": res["mIoU"], "mAcc": res["mAcc"], "per_class": res["per_class"]})
-        run.writer.add_scalar("val/mIoU", res["mIoU"], step)
-        run.writer.add_scalar("val/mAcc", res["mAcc"], step)
+        run.curve.append(point)
+        for name, r in run.evaluated.items():
+            prefix = "val" if name == headline else f"val_{name}"
+            run.writer.add_scalar(f"{prefix}/mIoU", r["mIoU"], step)
+            run.writer.add_scalar(f"{prefix}/mAcc", r["mAcc"], step)
     run.comm.barrier()
     return res
 
@@ -345,22 +366,20 @@ def _loop(run: Run) -> None:
     """The training steps, with logging, periodic checkpoints and evaluations."""
     cfg, info, method = run.cfg, run.info, run.method
     workers, shard = cfg.data.num_workers, {"rank": info.rank, "world_size": info.world_size}
-    labeled_loader = iter(make_train_loader(run.labeled, cfg.data.batch_size, cfg.seed, run.start_step, workers,
-                                            stream=0, **shard))
-    unlabeled_loader = (iter(make_train_loader(run.unlabeled, cfg.data.unlabeled_batch_size, cfg.seed,
-                                               run.start_step, workers, stream=1, **shard))
-                        if run.unlabeled is not None else None)
+    loaders = [iter(make_train_loader(ds, cfg.data[STREAMS[name].batch_key], cfg.seed, run.start_step, workers,
+                                      stream=i, **shard))
+               for i, (name, ds) in enumerate(run.train_sets.items())]
     method.train()
     t0 = time.time()
     bar = tqdm(range(run.start_step, run.max_iters), initial=run.start_step, total=run.max_iters,
                desc=cfg.method.name, dynamic_ncols=True, mininterval=2.0, disable=not info.is_main)
     for step in bar:
         ctx = StepContext(step, run.max_iters, run.iters_per_epoch)
-        batch_l = _to_device(next(labeled_loader), run.device, run.memory_format)
-        batch_u = (_to_device(next(unlabeled_loader), run.device, run.memory_format)
-                   if unlabeled_loader is not None else None)
+        # the method's streams in order (a one-stream method gets None as its second batch)
+        batch_1, batch_2 = ([_to_device(next(loader), run.device, run.memory_format) for loader in loaders]
+                            + [None])[:2]
         with autocast_context(cfg.train.amp, run.device):
-            loss, logs = method.training_step(batch_l, batch_u, ctx)
+            loss, logs = method.training_step(batch_1, batch_2, ctx)
         run.optimizer.zero_grad(set_to_none=True)
         # each process holds its share of the global-mean loss; DDP averages gradients
         run.scaler.scale(loss * info.world_size).backward()
@@ -393,22 +412,31 @@ def _finish(run: Run) -> dict:
         return {}
     run.writer.close()
     curve = run.curve
+    sets = list(run.train_sets.values())
     metrics = {
         "mIoU": result["mIoU"], "per_class": result["per_class"], "mAcc": result["mAcc"],
-        "aAcc": result["aAcc"], "per_class_acc": result["per_class_acc"], "split": run.cfg.data.val_split,
+        "aAcc": result["aAcc"], "per_class_acc": result["per_class_acc"], "split": next(iter(run.evaluated)),
+        **{k: v for k, v in result.items() if k.startswith("mIoU") and k != "mIoU"},  # class subsets
         "method": run.cfg.method.name, "steps": run.max_iters, "train_seconds": round(run.train_seconds, 1),
         "seconds_per_step": round(run.train_seconds / max(run.max_iters - run.start_step, 1), 4),
-        "labeled_images": len(run.labeled), "unlabeled_images": len(run.unlabeled) if run.unlabeled is not None else 0,
+        "labeled_images": len(sets[0]), "unlabeled_images": len(sets[1]) if len(sets) > 1 else 0,
         "processes": run.info.world_size, "last_train_logs": run.last_logs, "curve": curve,
         "best_mIoU": max(p["mIoU"] for p in curve), "best_step": max(curve, key=lambda p: p["mIoU"])["step"],
     }
     for key in ("crf", "cam"):  # with eval.crf: the CRF's scores; with tags: the CAM quality
         if key in result:
             metrics[key] = result[key]
+    if len(run.evaluated) > 1:  # every evaluated set (domain-adaptive: target, source)
+        metrics["eval"] = {name: {k: r[k] for k in ("mIoU", "mAcc", "aAcc", "per_class", "num_images", "crf")
+                                  if k in r}
+                           for name, r in run.evaluated.items()}
     (run.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(format_iou_table(result))
-    if "crf" in result:
-        print(f"with dense CRF: mIoU {result['crf']['mIoU']:.2f}")
+    for name, r in run.evaluated.items():
+        if len(run.evaluated) > 1:
+            print(f"evaluated set: {name}")
+        print(format_iou_table(r))
+        if "crf" in r:
+            print(f"with dense CRF: mIoU {r['crf']['mIoU']:.2f}")
     if "cam" in result:
         cam = result["cam"]
         print(f"CAM quality ({cam['num_images']} training images with masks): mIoU {cam['mIoU']:.2f} on "
