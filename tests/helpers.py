@@ -18,6 +18,20 @@ def ss_contrastive_loss(z_student, z_teacher, prob, labels, is_labeled, unreliab
                             seed=seed, image_ids=image_ids, comm=comm)
 
 
+def tiny_method(name: str, num_classes: int, *overrides: str):
+    """Method ``name`` on a small random-init ResNet-18 network (16 decoder channels, 8-d
+    representations, few anchors, negatives and queue keys), seeded; ``overrides`` add or win."""
+    from u2plus.config import load_config
+    from u2plus.methods import build_method
+    from u2plus.models import build_segmentor
+
+    cfg = load_config(None, [f"method.name={name}", "model.encoder=resnet18", "model.pretrained=none",
+                             "model.decoder_channels=16", "model.rep_dim=8", f"data.num_classes={num_classes}",
+                             "method.num_anchors=16", "method.num_negatives=4", "method.queue_size=64", *overrides])
+    torch.manual_seed(0)
+    return build_method(cfg, build_segmentor(cfg.model, num_classes))
+
+
 def train_steps(method, batches_for_step, steps: int = 2, first_step: int = 0, max_iters: int = 10,
                 iters_per_epoch: int = 5) -> list:
     """``steps`` SGD steps of a method as the trainer takes them (forward, backward, optimiser,

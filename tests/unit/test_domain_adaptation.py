@@ -15,13 +15,13 @@ from u2plus.errors import ConfigError
 from u2plus.losses.daformer import (confidence_weight, feature_distance, majority_label_downscale,
                                     pseudo_label_weights)
 from u2plus.losses.sce import symmetric_cross_entropy
-from u2plus.methods import StepContext, build_method
+from u2plus.methods import StepContext
 from u2plus.mixing import class_mix_masks, paste
 from u2plus.models import build_segmentor
 from u2plus.models.daformer import DAFormerDecoder
 from u2plus.models.encoders import build_encoder
 
-from ..helpers import train_steps
+from ..helpers import tiny_method, train_steps
 
 C = 4
 
@@ -179,13 +179,8 @@ def test_criterion_mix_from_labeled_gives_the_contrastive_loss_source_anchors():
 # ---- the DAFormer recipe -------------------------------------------------------------------------
 
 def make_da_method(name: str, *overrides: str):
-    cfg = load_config(None, [f"method.name={name}", "model.encoder=resnet18", "model.pretrained=none",
-                             "model.decoder=daformer", "model.decoder_channels=16", "model.rep_dim=8",
-                             f"data.num_classes={C}", "method.num_anchors=16", "method.num_negatives=4",
-                             "method.queue_size=64", "method.delta_p=0.0", "method.fd_classes=[1,2]",
-                             "method.fd_min_ratio=0.0", *overrides])
-    torch.manual_seed(0)
-    return build_method(cfg, build_segmentor(cfg.model, C))
+    return tiny_method(name, C, "model.decoder=daformer", "method.delta_p=0.0", "method.fd_classes=[1,2]",
+                       "method.fd_min_ratio=0.0", *overrides)
 
 
 def da_batches(step: int):

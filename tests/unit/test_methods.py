@@ -6,22 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from u2plus.config import load_config
-from u2plus.methods import StepContext, build_method
-from u2plus.models import build_segmentor
+from u2plus.methods import StepContext
 
-from ..helpers import train_steps
+from ..helpers import tiny_method, train_steps
 
 NUM_CLASSES = 4
 
 
 def make_method(name: str, *overrides: str):
-    cfg = load_config(None, [f"method.name={name}", "model.encoder=resnet18", "model.pretrained=none",
-                             "model.decoder_channels=16", "model.rep_dim=8", f"data.num_classes={NUM_CLASSES}",
-                             "method.num_anchors=16", "method.num_negatives=4", "method.queue_size=64",
-                             "method.delta_p=0.0", *overrides])
-    torch.manual_seed(0)
-    return build_method(cfg, build_segmentor(cfg.model, NUM_CLASSES))
+    return tiny_method(name, NUM_CLASSES, "method.delta_p=0.0", *overrides)
 
 
 def batches(seed: int = 0, with_unlabeled_masks: bool = False):

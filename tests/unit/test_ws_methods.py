@@ -8,23 +8,17 @@ import pytest
 import torch
 
 from u2plus.config import load_config
-from u2plus.methods import StepContext, build_method
 from u2plus.models import build_segmentor
 from u2plus.models.image_level import LastStageAttention, attach_image_level_heads
 
-from ..helpers import train_steps
+from ..helpers import tiny_method, train_steps
 
 C = 4
 
 
 def make_method(name: str, *overrides: str):
-    cfg = load_config(None, [f"method.name={name}", "data.supervision=tags", "model.encoder=resnet18",
-                             "model.pretrained=none", "model.decoder_channels=16", "model.rep_dim=8",
-                             f"data.num_classes={C}", "method.num_anchors=16", "method.num_negatives=4",
-                             "method.queue_size=64", "method.single_threshold=true", "method.cam_beta=0.0",
-                             "method.sup_only_fraction=0.5", *overrides])
-    torch.manual_seed(0)
-    return build_method(cfg, build_segmentor(cfg.model, C))
+    return tiny_method(name, C, "data.supervision=tags", "method.single_threshold=true", "method.cam_beta=0.0",
+                       "method.sup_only_fraction=0.5", *overrides)
 
 
 def batch(seed: int = 0) -> dict:

@@ -3,8 +3,8 @@
 A method is an ``nn.Module`` holding all of its trainable and stateful parts (student, teacher,
 criterion with its prototypes and queues), so one ``state_dict`` checkpoints all of them. It
 declares what the engine needs to know, and the engine knows nothing else of it: its data
-``streams`` (``labeled`` alone, ``labeled`` + ``unlabeled``, or ``source`` + ``target``), the ``supervision`` its training
-images carry (``pixels`` or image-level ``tags``), its optimiser
+``streams`` (``labeled`` alone, ``labeled`` + ``unlabeled``, or ``source`` + ``target``), the
+``supervision`` its training images carry (``pixels`` or image-level ``tags``), its optimiser
 :meth:`param_groups` and the ``progress_fields`` of the progress bar. The engine calls
 ``training_step`` (returns the loss to back-propagate and logs) and, after the optimiser step,
 ``after_optimizer_step``.

@@ -1,22 +1,23 @@
 """DAFormer decoder (Hoyer et al., "DAFormer", CVPR 2022, Sec. 3.2: context-aware feature fusion).
 
-Each encoder level at stride >= 4 is embedded to a common width by a linear layer (DAFormer's
-"mlp" embedding: a 1x1 convolution without normalisation or activation), upsampled bilinearly to
-the stride-4 level, and the concatenation is fused by parallel convolutions of several dilation
-rates, concatenated again and projected by a 3x3 bottleneck: DAFormer's ``ASPPWrapper`` with
-``sep=True, pool=False``, where rate 1 is a 1x1 convolution and every other rate a dilated
-depthwise-separable 3x3 convolution (depthwise-BN-ReLU, pointwise-BN-ReLU). The output is the
-feature map F at stride 4 on which u2plus's segmentation and representation heads sit, as with
-:class:`~u2plus.models.deeplabv3plus.DeepLabV3PlusDecoder`; any encoder works with it.
+Each encoder level at stride >= 4 is embedded to a common width by a linear layer (DAFormer's "mlp"
+embedding, SegFormer's: a 1x1 convolution without normalisation or activation) and upsampled
+bilinearly to the stride-4 level (:func:`u2plus.models.segformer.embed_levels`); the concatenation
+is fused by parallel convolutions of several dilation rates, concatenated again and projected by a
+3x3 bottleneck: DAFormer's ``ASPPWrapper`` with ``sep=True, pool=False``, where rate 1 is a 1x1
+convolution and every other rate a dilated depthwise-separable 3x3 convolution (depthwise-BN-ReLU,
+pointwise-BN-ReLU). The output is the feature map F at stride 4 on which u2plus's segmentation and
+representation heads sit, as with :class:`~u2plus.models.deeplabv3plus.DeepLabV3PlusDecoder`; any
+encoder works with it.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .heads import conv_bn_relu
+from .segformer import embed_levels
 
 
 def fusion_branch(cin: int, cout: int, rate: int) -> nn.Sequential:
@@ -42,9 +43,5 @@ class DAFormerDecoder(nn.Module):
         self.out_channels = channels
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        size = features[self.levels[0]].shape[-2:]
-        embedded = [F.interpolate(e(features[i]), size=size, mode="bilinear", align_corners=False)
-                    if features[i].shape[-2:] != size else e(features[i])
-                    for i, e in zip(self.levels, self.embed)]
-        x = torch.cat(embedded, dim=1)
+        x = torch.cat(embed_levels([features[i] for i in self.levels], self.embed), dim=1)
         return self.bottleneck(torch.cat([branch(x) for branch in self.branches], dim=1))
