@@ -15,6 +15,7 @@ from PIL import Image
 from u2plus.config import load_config
 from u2plus.data import read_id_list, resolve_split_file
 from u2plus.engine.trainer import train
+from u2plus.methods import method_class
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("_"))
@@ -38,9 +39,10 @@ def test_config_trains_two_steps(config, tmp_path):
     images, masks = synthetic_folder(tmp_path / "train", c, 4)
     val_images, val_masks = synthetic_folder(tmp_path / "val", c, 1)
     unl_images, _ = synthetic_folder(tmp_path / "unl", c, 4)
+    semi = "unlabeled" in method_class(base).streams
     cfg = load_config(config, [
         "data.dataset=folder", f"data.images={images}", f"data.masks={masks}", f"data.val_images={val_images}",
-        f"data.val_masks={val_masks}", f"data.unlabeled_images={unl_images}", "data.labeled=null",
+        f"data.val_masks={val_masks}", f"data.unlabeled_images={unl_images if semi else 'null'}", "data.labeled=null",
         "data.unlabeled=null", "data.crop_size=[32,32]", "data.batch_size=2", "data.unlabeled_batch_size=2",
         "data.num_workers=0", "data.resize_factor=1.0", "model.pretrained=none", "train.epochs=null",
         "train.max_iters=2", "train.ohem_min_kept=100", "train.num_threads=1", "eval.crop_size=[32,32]",

@@ -7,7 +7,7 @@ from typing import Optional
 
 from ..errors import ConfigError, DataError
 from . import camvid, ccp, cityscapes, folder, gta5, synthia, voc
-from .base import SampleRef, SegmentationDataset, read_id_list
+from .base import SampleRef, SegmentationDataset, image_size, read_id_list
 from ..paths import data_dir, dataset_root, resolve_root
 
 DATASETS = {
@@ -91,7 +91,25 @@ def build_train_sets(data_cfg, semi_supervised: bool) -> tuple[SegmentationDatas
     return labeled, unlabeled if unlabeled.has_masks else unlabeled.without_masks()
 
 
+def check_crop_fits(data_cfg, dataset: SegmentationDataset, samples: int = 8) -> None:
+    """ConfigError unless some of the first ``samples`` images, rescaled by
+    ``data.resize_factor`` and the largest ``data.scale_range`` factor, can fill
+    ``data.crop_size`` (else every crop would be mostly padding)."""
+    crop_h, crop_w = data_cfg.crop_size
+    grow = data_cfg.resize_factor * data_cfg.scale_range[1]
+    reach = []
+    for ref in dataset.items[:samples]:
+        w, h = image_size(ref.image)
+        reach.append((round(h * grow), round(w * grow), ref.image))
+        if reach[-1][0] >= crop_h and reach[-1][1] >= crop_w:
+            return
+    h, w, image = max(reach, key=lambda r: r[0] * r[1])
+    raise ConfigError(f"data.crop_size={[crop_h, crop_w]} cannot be filled: images such as {image} reach at most "
+                      f"[{h}, {w}] (x data.resize_factor={data_cfg.resize_factor:g} x data.scale_range max "
+                      f"{data_cfg.scale_range[1]:g}); use a crop of at most [{h}, {w}] or raise data.scale_range")
+
+
 __all__ = [
-    "DATASETS", "SampleRef", "SegmentationDataset", "build_dataset", "build_train_sets", "data_dir",
+    "DATASETS", "SampleRef", "SegmentationDataset", "build_dataset", "build_train_sets", "check_crop_fits", "data_dir",
     "read_id_list", "register", "resolve_root", "resolve_split_file",
 ]
