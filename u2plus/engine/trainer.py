@@ -1,7 +1,14 @@
 """The training loop: plain and readable, the same for every method and process count.
 
-build data -> check every file -> build model + method -> optimiser + schedule -> (resume) ->
-loop {step, log, checkpoint, evaluate} -> final checkpoint, evaluation and ``metrics.json``.
+claim the run folder -> build data -> check every file -> build model + method -> optimiser +
+schedule -> (resume) -> loop {step, log, checkpoint, evaluate} -> final checkpoint, evaluation and
+``metrics.json``.
+
+Every way a run can end leaves a run folder that ``resume=auto`` continues exactly: SIGTERM or
+SIGINT finish the current step, write the checkpoint and end with :class:`RunStopped`
+(:mod:`u2plus.engine.stopping`); a non-finite loss is skipped or ends the run with a report
+before it reaches the weights (:mod:`u2plus.engine.nonfinite`); a second run into a folder in
+use is refused (:mod:`u2plus.engine.run_folder`).
 
 Under ``torchrun`` every process runs this loop on its slice of each global batch with the
 student wrapped in DDP; only rank 0 logs, evaluates and writes checkpoints
@@ -23,18 +30,22 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from ..config import save_config
-from ..data import build_dataset, build_train_sets
-from ..data.sampler import collate, make_train_loader
+from ..config import MODEL_KEYS, save_config
+from ..data import build_dataset, build_train_sets, check_crop_fits
+from ..data.sampler import collate, leave_stop_signals_to_main, make_train_loader
 from ..data.transforms import EvalTransform, TrainTransform
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError, RunStopped
 from ..losses.supervised import median_frequency_weights
 from ..methods import StepContext, build_method, method_class
 from ..models import build_segmentor
-from .checkpoint import evaluated_model_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (VERSION_FIELDS, check_model, evaluated_model_weights, load_run_checkpoint, load_weights,
+                         rng_state, save_checkpoint, set_rng_state)
 from .distributed import DistInfo, init_distributed, shutdown_distributed
 from .evaluate import evaluate, format_iou_table
+from .nonfinite import REPORT_NAME, SkipCounter, nonfinite_buffers, nonfinite_terms, stop_reason, write_report
 from .optim import build_optimizer, build_scheduler
+from .run_folder import claimed_run_folder
+from .stopping import StopRequest
 
 
 def seed_everything(seed: int) -> None:
@@ -59,7 +70,8 @@ def build_eval_loader(cfg, split: str, mean, std):
     ds = build_dataset(cfg.data, split)
     ds.transform = EvalTransform(mean, std)
     return ds, torch.utils.data.DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False,
-                                           num_workers=min(cfg.data.num_workers, 2), collate_fn=collate)
+                                           num_workers=min(cfg.data.num_workers, 2), collate_fn=collate,
+                                           worker_init_fn=leave_stop_signals_to_main)
 
 
 def run_evaluation(cfg, model, loader, dataset, device, progress: bool = False) -> dict:
@@ -136,13 +148,22 @@ class Run:
     writer: object = None
     train_seconds: float = 0.0
     last_logs: dict = field(default_factory=dict)  # scalars of the last logged step
+    stop: StopRequest = field(default_factory=StopRequest)
+    skips: SkipCounter = field(default_factory=SkipCounter)
+    checkpoint_step: int = -1  # step of the last checkpoint this run wrote
 
 
 def _train(cfg, info: DistInfo, device: torch.device) -> dict:
-    run = _build_run(cfg, info, device)
-    _resume(run)
-    _loop(run)
-    return _finish(run)
+    with claimed_run_folder(cfg, info.is_main), StopRequest() as stop:
+        run = _build_run(cfg, info, device)
+        run.stop = stop
+        try:
+            _resume(run)
+            _loop(run)
+            return _finish(run)
+        finally:
+            if run.writer is not None:
+                run.writer.close()  # also flushes the logs of a run that stopped early
 
 
 def _build_run(cfg, info: DistInfo, device: torch.device) -> Run:
@@ -159,6 +180,7 @@ def _build_run(cfg, info: DistInfo, device: torch.device) -> Run:
 
     streams = method_class(cfg).streams
     labeled, unlabeled = build_train_sets(cfg.data, "unlabeled" in streams)
+    check_crop_fits(cfg.data, labeled)
     val_set = build_dataset(cfg.data, cfg.data.val_split)
     if cfg.data.validate and main:
         for ds in (labeled, unlabeled, val_set):
@@ -209,45 +231,55 @@ def _build_run(cfg, info: DistInfo, device: torch.device) -> Run:
 def _resume(run: Run) -> None:
     """Continue from ``resume`` (``auto``: the run folder's ``last.pt``) when there is one, and
     prepare the run folder."""
-    cfg, info = run.cfg, run.info
-    resume_path = _resume_path(cfg, run.out_dir)
+    resume_path = _resume_path(run.cfg, run.out_dir)
     if resume_path is not None:
-        state = load_checkpoint(resume_path)
-        run.method.load_state_dict(state["method"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.scheduler.load_state_dict(state["scheduler"])
-        run.scaler.load_state_dict(state["scaler"])
-        run.start_step = int(state["step"])
-        run.curve = list(state.get("curve", []))
-        per_rank = state.get("rng_per_rank") or [state["rng"]]
-        if len(per_rank) == info.world_size:  # same process count: exact continuation
-            set_rng_state(per_rank[info.rank])
-        elif info.rank == 0:
-            set_rng_state(state["rng"])
-        else:
-            torch.manual_seed(cfg.seed * 7919 + info.rank + 104729 * run.start_step)
-        if info.is_main:
-            print(f"resumed from {resume_path} at step {run.start_step}")
-    if info.is_main:
+        _restore(run, resume_path)
+    if run.info.is_main:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         for stale in run.out_dir.glob(".last.pt.*.tmp"):  # partial writes of a killed run
             stale.unlink()
-        save_config(cfg, run.out_dir / "config.yaml")
+        save_config(run.cfg, run.out_dir / "config.yaml")
         from torch.utils.tensorboard import SummaryWriter
 
         run.writer = SummaryWriter(str(run.out_dir / "tb"))
+
+
+def _restore(run: Run, path: Path) -> None:
+    """Every state of the run from the checkpoint at ``path``, RNG states included."""
+    cfg, info = run.cfg, run.info
+    state = load_run_checkpoint(path)
+    check_model(state, path, cfg, "this run's config", MODEL_KEYS + ("method.name",),
+                f"; resume with the config it was trained with ({path.parent / 'config.yaml'}) or choose another out_dir")
+    load_weights(run.method, state["method"], f"resume={path}")
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.start_step = int(state["step"])
+    run.curve = list(state.get("curve", []))
+    run.skips = SkipCounter(*state.get("skipped", (0, 0)))
+    per_rank = state.get("rng_per_rank") or [state["rng"]]
+    if len(per_rank) == info.world_size:  # same process count: exact continuation
+        set_rng_state(per_rank[info.rank])
+    elif info.rank == 0:
+        set_rng_state(state["rng"])
+    else:
+        torch.manual_seed(cfg.seed * 7919 + info.rank + 104729 * run.start_step)
+    if info.is_main:
+        print(f"resumed from {path} at step {run.start_step}")
 
 
 def _checkpoint(run: Run, step: int) -> None:
     rngs = _gather_objects(rng_state(), run.info)
     if run.info.is_main:
         save_checkpoint({
-            "step": step, "method": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": rngs[0],
-            "rng_per_rank": rngs, "world_size": run.info.world_size,
+            **VERSION_FIELDS, "step": step, "method": run.method.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs, "world_size": run.info.world_size,
             "config": OmegaConf.to_container(run.cfg), "num_classes": run.labeled.num_classes,
             "class_names": run.labeled.class_names, "curve": run.curve,
+            "skipped": [run.skips.total, run.skips.in_a_row],
         }, run.out_dir / "last.pt")
+    run.checkpoint_step = step
     run.comm.barrier()
 
 
@@ -271,7 +303,8 @@ def _log(run: Run, done: int, loss: torch.Tensor, logs: dict, bar) -> None:
     scalars, vectors = _reduce_logs(loss, logs, run.labeled.num_classes, run.comm)
     if not run.info.is_main:
         return
-    run.last_logs = {"step": done, **scalars}
+    if math.isfinite(scalars["loss"]):  # a skipped step's NaN stays out of metrics.json
+        run.last_logs = {"step": done, **scalars}
     writer, lr = run.writer, run.optimizer.param_groups[0]["lr"]
     for k, v in scalars.items():
         writer.add_scalar(f"train/{k}", v, done)
@@ -279,6 +312,8 @@ def _log(run: Run, done: int, loss: torch.Tensor, logs: dict, bar) -> None:
         for name, x in zip(run.labeled.class_names, v):
             writer.add_scalar(f"train/{k}/{name}", x, done)
     writer.add_scalar("train/lr", lr, done)
+    if run.cfg.train.nonfinite == "skip":
+        writer.add_scalar("train/skipped_steps", run.skips.total, done)
     rss = _rss_mib()
     if rss is not None:
         writer.add_scalar("sys/rss_mib", rss, done)
@@ -287,39 +322,35 @@ def _log(run: Run, done: int, loss: torch.Tensor, logs: dict, bar) -> None:
     fields = {"loss": f"{scalars['loss']:.3f}"}
     fields.update({short: f"{scalars[k]:.3f}" for k, short in run.method.progress_fields.items() if k in scalars})
     fields["lr"] = f"{lr:.2e}"
+    if run.skips.total:
+        fields["skipped"] = str(run.skips.total)
     bar.set_postfix(fields, refresh=False)
 
 
+def _train_loaders(run: Run) -> list:
+    """Iterators over the labeled and the unlabeled stream (None without one) from the run's
+    first step on."""
+    cfg, info = run.cfg, run.info
+    streams = [(run.labeled, cfg.data.batch_size), (run.unlabeled, cfg.data.unlabeled_batch_size)]
+    return [iter(make_train_loader(ds, batch, cfg.seed, run.start_step, cfg.data.num_workers, stream=i,
+                                   rank=info.rank, world_size=info.world_size)) if ds is not None else None
+            for i, (ds, batch) in enumerate(streams)]
+
+
 def _loop(run: Run) -> None:
-    """The training steps, with logging, periodic checkpoints and evaluations."""
-    cfg, info, method = run.cfg, run.info, run.method
-    workers, shard = cfg.data.num_workers, {"rank": info.rank, "world_size": info.world_size}
-    labeled_loader = iter(make_train_loader(run.labeled, cfg.data.batch_size, cfg.seed, run.start_step, workers,
-                                            stream=0, **shard))
-    unlabeled_loader = (iter(make_train_loader(run.unlabeled, cfg.data.unlabeled_batch_size, cfg.seed,
-                                               run.start_step, workers, stream=1, **shard))
-                        if run.unlabeled is not None else None)
-    method.train()
+    """The training steps, with logging, periodic checkpoints and evaluations; a stop signal ends
+    the run after the step it arrived in."""
+    cfg, info = run.cfg, run.info
+    loaders = _train_loaders(run)
+    run.method.train()
     t0 = time.time()
     bar = tqdm(range(run.start_step, run.max_iters), initial=run.start_step, total=run.max_iters,
                desc=cfg.method.name, dynamic_ncols=True, mininterval=2.0, disable=not info.is_main)
+    _stop_if_signalled(run, run.start_step)  # a signal during the set-up
     for step in bar:
         ctx = StepContext(step, run.max_iters, run.iters_per_epoch)
-        batch_l = _to_device(next(labeled_loader), run.device, run.memory_format)
-        batch_u = (_to_device(next(unlabeled_loader), run.device, run.memory_format)
-                   if unlabeled_loader is not None else None)
-        with autocast_context(cfg.train.amp, run.device):
-            loss, logs = method.training_step(batch_l, batch_u, ctx)
-        run.optimizer.zero_grad(set_to_none=True)
-        # each process holds its share of the global-mean loss; DDP averages gradients
-        run.scaler.scale(loss * info.world_size).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.scheduler.step()
-        method.after_optimizer_step(ctx)
-
-        if not torch.isfinite(loss.detach()):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or check the data")
+        batches = [_to_device(next(it), run.device, run.memory_format) if it is not None else None for it in loaders]
+        loss, logs, stop = _train_step(run, ctx, *batches)
         done = step + 1
         if done % cfg.train.log_every == 0 or done == run.max_iters:
             _log(run, done, loss, logs, bar)
@@ -329,17 +360,87 @@ def _loop(run: Run) -> None:
                 bar.write(f"step {done}: val mIoU {res['mIoU']:.2f}")
         if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0 and done < run.max_iters:
             _checkpoint(run, done)
+        _stop_if_signalled(run, done, stop)
     bar.close()
     run.train_seconds = time.time() - t0
 
 
+def _train_step(run: Run, ctx: StepContext, batch_l: dict, batch_u: dict | None) -> tuple[torch.Tensor, dict, bool]:
+    """Forward; then, unless the loss is non-finite on some process, backward and update.
+    Returns the loss, the logs and whether a stop signal came to some process (both flags in
+    one all-reduce, so that every process decides alike)."""
+    method, info = run.method, run.info
+    with autocast_context(run.cfg.train.amp, run.device):
+        loss, logs = method.training_step(batch_l, batch_u, ctx)
+    nonfinite, stop = _agree(run, not bool(torch.isfinite(loss.detach()).all()), run.stop.requested)
+    if nonfinite:
+        _on_nonfinite(run, ctx.step + 1, loss, logs, (batch_l, batch_u))
+    else:
+        run.skips.finite_step()
+        run.optimizer.zero_grad(set_to_none=True)
+        # each process holds its share of the global-mean loss; DDP averages gradients
+        run.scaler.scale(loss * info.world_size).backward()
+        run.scaler.step(run.optimizer)  # fp16: skips steps with inf gradients itself (not counted here)
+        run.scaler.update()
+        method.after_optimizer_step(ctx)
+    run.scheduler.step()  # the schedule follows the step count, skipped steps included
+    return loss, logs, stop
+
+
+def _on_nonfinite(run: Run, done: int, loss: torch.Tensor, logs: dict, batches: tuple) -> None:
+    """Skip the update of a step with a non-finite loss (``train.nonfinite=skip``), or end the
+    run with a report naming the step's loss terms, learning rates and images."""
+    t = run.cfg.train
+    bad_buffers = nonfinite_buffers(run.method)
+    (corrupted,) = _agree(run, bool(bad_buffers))
+    if run.skips.skip_allowed(t.nonfinite, t.nonfinite_skip_limit, not corrupted):
+        if run.info.is_main:
+            tqdm.write(f"step {done}: non-finite loss, update skipped ({run.skips.in_a_row} in a row, "
+                       f"{run.skips.total} in all)")
+        return
+    scalars, _ = _reduce_logs(loss, logs, run.labeled.num_classes, run.comm)
+    per_rank = _gather_objects([b["id"] if b is not None else [] for b in batches], run.info)
+    image_ids = {name: [i for ids in per_rank for i in ids[k]] for k, name in enumerate(("labeled", "unlabeled"))}
+    reason = stop_reason(t, corrupted, bad_buffers, run.skips.in_a_row)
+    path = run.out_dir / REPORT_NAME
+    if run.info.is_main:
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(run.optimizer.param_groups)}
+        write_report(path, done, reason, scalars, lrs, image_ids, bad_buffers)
+    advice = "" if t.nonfinite == "skip" else " or set train.nonfinite=skip"
+    raise NonFiniteLossError(f"non-finite loss at step {done} ({nonfinite_terms(scalars, run.method.loss_terms)})"
+                             f"{'; ' + reason if reason else ''}; report: {path}; lower train.lr, check the "
+                             f"images it names{advice}")
+
+
+def _stop_if_signalled(run: Run, step: int, agreed: bool | None = None) -> None:
+    """After ``step``: if a stop signal came to some process (``agreed``, else asked here),
+    write the checkpoint and end the run."""
+    if agreed is None:
+        (agreed,) = _agree(run, run.stop.requested)
+    if not agreed:
+        return
+    if run.checkpoint_step != step:
+        _checkpoint(run, step)
+    message = (f"stopped by {run.stop.name} after step {step} of {run.max_iters}; checkpoint "
+               f"{run.out_dir / 'last.pt'}; continue with resume=auto") if run.info.is_main else ""
+    raise RunStopped(message, run.stop.exit_code)
+
+
+def _agree(run: Run, *flags: bool) -> list[bool]:
+    """Each flag, true where it is true on some process (one all-reduce of a few numbers)."""
+    if run.comm.world_size == 1:
+        return [bool(f) for f in flags]
+    total = run.comm.sum(torch.tensor([float(f) for f in flags], device=run.device))
+    return [bool(v > 0) for v in total.tolist()]
+
+
 def _finish(run: Run) -> dict:
     """Final evaluation (before the final checkpoint, which keeps the whole curve), metrics.json."""
+    _stop_if_signalled(run, run.max_iters)  # before an evaluation that may outlast a grace period
     result = _evaluate(run, run.max_iters)
     _checkpoint(run, run.max_iters)
     if not run.info.is_main:
         return {}
-    run.writer.close()
     curve = run.curve
     metrics = {
         "mIoU": result["mIoU"], "per_class": result["per_class"], "mAcc": result["mAcc"],
@@ -347,7 +448,8 @@ def _finish(run: Run) -> dict:
         "method": run.cfg.method.name, "steps": run.max_iters, "train_seconds": round(run.train_seconds, 1),
         "seconds_per_step": round(run.train_seconds / max(run.max_iters - run.start_step, 1), 4),
         "labeled_images": len(run.labeled), "unlabeled_images": len(run.unlabeled) if run.unlabeled is not None else 0,
-        "processes": run.info.world_size, "last_train_logs": run.last_logs, "curve": curve,
+        "processes": run.info.world_size, "last_train_logs": run.last_logs, "skipped_steps": run.skips.total,
+        "curve": curve,
         "best_mIoU": max(p["mIoU"] for p in curve), "best_step": max(curve, key=lambda p: p["mIoU"])["step"],
     }
     (run.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -358,13 +460,7 @@ def _finish(run: Run) -> dict:
 def _init_weights(model, source: str) -> None:
     """Load ``train.init_from`` (a run folder or checkpoint) into ``model``; a mismatch (other
     encoder, other class count) is an error naming the first differing weights."""
-    weights = evaluated_model_weights(source)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[1:3]
-        raise CheckpointError(f"train.init_from={source} does not fit this model: "
-                              + " ".join(line.strip() for line in first)) from None
+    load_weights(model, evaluated_model_weights(source), f"train.init_from={source}")
 
 
 def _reduce_logs(loss: torch.Tensor, logs: dict, num_classes: int, comm) -> tuple[dict, dict]:
