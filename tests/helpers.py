@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -70,3 +72,12 @@ def stop_after_first_checkpoint(monkeypatch, train) -> None:
         patch.setattr(trainer, "save_checkpoint", save_then_stop)
         with pytest.raises(Stop):
             train()
+
+
+def one_error_line(capsys) -> str:
+    """The single line ``error: ...`` a CLI call printed to stderr (besides progress bars); no
+    traceback anywhere."""
+    out, err = capsys.readouterr()
+    lines = [ln for ln in err.splitlines() if ln.strip() and not re.match(r"\S+:\s+\d+%\|", ln)]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out, err
+    return lines[0]

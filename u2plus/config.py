@@ -9,6 +9,7 @@ Resolution order: schema defaults < ``_base_`` files (recursively) < the YAML fi
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -169,6 +170,11 @@ class TrainConfig:
     warmup_from: Optional[str] = None
     save_at: list = field(default_factory=list)  # steps at which to keep step_<k>.pt
     checkpoint_every: int = 200
+    # a NaN or infinite loss: "stop" ends the run with a report (nonfinite_report.json in the run
+    # folder); "skip" drops that step's update, counts it (train/skipped_steps) and stops when
+    # nonfinite_skip_limit steps in a row were non-finite
+    nonfinite: str = "stop"
+    nonfinite_skip_limit: int = 5
     eval_every: int = 0  # 0: only at the end; else val mIoU every N steps (the curve in metrics.json)
     log_every: int = 10
     deterministic: bool = False
@@ -260,6 +266,9 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Resume: "auto" = continue from out_dir/last.pt when it exists; or a checkpoint path.
     resume: Optional[str] = None
+    # A new run into an out_dir that holds one (last.pt) is refused unless overwrite=true, which
+    # deletes that run's last.pt, metrics.json and tb/ first (u2plus/engine/run_folder.py)
+    overwrite: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -295,7 +304,8 @@ def _merge(base: DictConfig, other: DictConfig, where: str) -> DictConfig:
     except (ConfigKeyError, ConfigAttributeError) as e:
         raise _unknown_key_error(str(getattr(e, "full_key", e)), where) from None
     except OmegaConfBaseException as e:
-        raise ConfigError(f"invalid value in {where}: {e.msg if hasattr(e, 'msg') else e}") from None
+        first_line = str(getattr(e, "msg", e)).splitlines()[0]  # omegaconf appends full_key, types, ...
+        raise ConfigError(f"invalid value in {where}: {first_line}") from None
 
 
 def _load_yaml(path: Path, seen: tuple = ()) -> list[tuple[DictConfig, str]]:
@@ -316,9 +326,8 @@ def _load_yaml(path: Path, seen: tuple = ()) -> list[tuple[DictConfig, str]]:
     return layers
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> DictConfig:
-    """Build the config: defaults, then the YAML file (with its ``_base_`` chain), then overrides."""
-    layers = _load_yaml(Path(path)) if path is not None else []
+def _override_layers(overrides: Optional[list[str]]) -> list[tuple[DictConfig, str]]:
+    layers = []
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
@@ -327,6 +336,11 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             layers.append((OmegaConf.from_dotlist([item]), f"override '{key}'"))
         except Exception as e:
             raise ConfigError(f"cannot parse override '{item}': {e}") from None
+    return layers
+
+
+def _resolve(layers: list[tuple[DictConfig, str]]) -> DictConfig:
+    """Defaults, then the method's preset, then ``layers`` in order; checked."""
     cfg = OmegaConf.structured(Config)
     for node, where in layers:
         cfg = _merge(cfg, node, where)
@@ -340,13 +354,39 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     return cfg
 
 
-def config_from_checkpoint(state: dict) -> DictConfig:
-    """The config a checkpoint was trained with, on top of today's defaults."""
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> DictConfig:
+    """Build the config: defaults, then the YAML file (with its ``_base_`` chain), then overrides."""
+    layers = _load_yaml(Path(path)) if path is not None else []
+    cfg = _resolve(layers + _override_layers(overrides))
+    _check_streams(cfg)
+    return cfg
+
+
+def config_from_checkpoint(state: dict, overrides: Optional[list[str]] = None) -> DictConfig:
+    """The config a checkpoint was trained with, on top of today's defaults, plus ``overrides``."""
     if "config" not in state:
         raise ConfigError("checkpoint holds no config (was it written by u2plus train?)")
-    cfg = _merge(OmegaConf.structured(Config), OmegaConf.create(state["config"]), "checkpoint config")
-    _validate(cfg)
-    return cfg
+    where = "checkpoint config" + (f" (u2plus {state['u2plus']})" if "u2plus" in state else "")
+    return _resolve([(OmegaConf.create(state["config"]), where), *_override_layers(overrides)])
+
+
+# What a checkpoint's weights are: their names and shapes, and what they compute (the DAFormer
+# decoder's fusion rates; the weakly-supervised heads, which data.supervision=tags adds, and their pooling).
+MODEL_KEYS = ("data.num_classes", "model.encoder", "model.decoder", "model.output_stride",
+              "model.decoder_channels", "model.aspp_rates", "model.aspp_separable", "model.aspp_pooling_norm",
+              "model.fusion_rates", "model.rep_head", "model.rep_dim", "data.supervision", "method.cls_pooling")
+
+
+def config_differences(theirs: DictConfig, ours: DictConfig, keys=MODEL_KEYS) -> str:
+    """``key A vs B`` (theirs vs ours) for each of ``keys`` where the configs differ,
+    comma-separated; empty when they agree."""
+    diffs = []
+    for key in keys:
+        a, b = (OmegaConf.select(c, key) for c in (theirs, ours))
+        a, b = (OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for v in (a, b))
+        if a != b:
+            diffs.append(f"{key} {a} vs {b}")
+    return ", ".join(diffs)
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -364,6 +404,7 @@ def _validate(cfg: DictConfig) -> None:
         "method.negatives_from": ("unreliable", "reliable", "both"),
         "method.cls_pooling": ("max", "avg"),
         "data.supervision": ("pixels", "tags"),
+        "train.nonfinite": ("stop", "skip"),
     }
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
@@ -375,7 +416,8 @@ def _validate(cfg: DictConfig) -> None:
         v = OmegaConf.select(cfg, key)
         if v is not None and (len(v) != 2 or min(v) <= 0):
             raise ConfigError(f"{key}={list(v)} must be [height, width] with positive values")
-    for key in ("eval.classes", "method.fd_classes", *(f"eval.class_subsets[{i}]" for i in range(len(cfg.eval.class_subsets)))):
+    subsets = (f"eval.class_subsets[{i}]" for i in range(len(cfg.eval.class_subsets)))
+    for key in ("eval.classes", "method.fd_classes", *subsets):
         ids = OmegaConf.select(cfg, key)
         if ids is not None and not all(isinstance(c, int) and 0 <= c < cfg.data.num_classes for c in ids):
             raise ConfigError(f"{key}={list(ids)} must list train ids in 0..{cfg.data.num_classes - 1}")
@@ -391,19 +433,95 @@ def _validate(cfg: DictConfig) -> None:
                               "or a list of one positive number per class")
         if cfg.train.ohem:
             raise ConfigError("train.class_weights cannot be combined with train.ohem")
-    t = cfg.data.source.rcs_temperature
-    if t is not None and t <= 0:
-        raise ConfigError(f"data.source.rcs_temperature={t} must be positive (null: uniform sampling)")
-    if cfg.data.batch_size <= 0:
-        raise ConfigError("data.batch_size must be positive")
-    m = cfg.method
-    if not 0.0 <= m.sup_only_fraction <= 1.0:
-        raise ConfigError(f"method.sup_only_fraction={m.sup_only_fraction} must be in [0, 1]")
-    if m.cam_bg_threshold > m.cam_fg_threshold:
-        raise ConfigError(f"method.cam_bg_threshold={m.cam_bg_threshold} is above "
-                          f"method.cam_fg_threshold={m.cam_fg_threshold}")
     if cfg.train.max_iters <= 0 and cfg.train.epochs is None:
-        raise ConfigError("train.max_iters must be positive")
+        raise ConfigError(f"train.max_iters={cfg.train.max_iters} must be >= 1 (or set train.epochs)")
+    if cfg.overwrite and cfg.resume == "auto":
+        raise ConfigError("overwrite=true starts the run afresh; it cannot be combined with resume=auto")
+    for key, (low, high, bounds) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            _check_range(key, value, low, high, bounds)
+    for key in ("data.scale_range", "method.cutmix_area"):
+        v = list(OmegaConf.select(cfg, key))
+        if len(v) != 2 or v[0] > v[1]:
+            raise ConfigError(f"{key}={v} must be [low, high] with low <= high")
+    for low_key, high_key in ORDERED:
+        low, high = OmegaConf.select(cfg, low_key), OmegaConf.select(cfg, high_key)
+        if low > high:
+            raise ConfigError(f"{low_key}={low} must be <= {high_key}={high}")
+
+
+INF = math.inf
+# key: (low, high, bounds) with "[" / "]" closed and "(" / ")" open; lists are checked value by value
+RANGES = {
+    "train.lr": (0, INF, "()"), "train.head_lr_mult": (0, INF, "()"), "train.momentum": (0, 1, "[)"),
+    "train.weight_decay": (0, INF, "[)"), "train.poly_power": (0, INF, "[)"), "train.warmup_iters": (0, INF, "[)"),
+    "train.warmup_ratio": (0, 1, "[]"), "train.ohem_thresh": (0, 1, "(]"), "train.ohem_min_kept": (0, INF, "[)"),
+    "train.epochs": (0, INF, "()"), "train.checkpoint_every": (0, INF, "[)"), "train.eval_every": (0, INF, "[)"),
+    "train.log_every": (1, INF, "[)"), "train.num_threads": (0, INF, "[)"),
+    "train.nonfinite_skip_limit": (1, INF, "[)"), "train.save_at": (1, INF, "[)"),
+    "data.batch_size": (1, INF, "[)"), "data.unlabeled_batch_size": (1, INF, "[)"), "data.num_workers": (0, INF, "[)"),
+    "data.resize_factor": (0, INF, "()"), "data.scale_range": (0, INF, "()"), "data.color_jitter": (0, INF, "[)"),
+    "data.color_jitter_p": (0, 1, "[]"), "data.grayscale_p": (0, 1, "[]"), "data.blur_p": (0, 1, "[]"),
+    "data.std": (0, INF, "()"),
+    "model.decoder_channels": (1, INF, "[)"), "model.rep_dim": (1, INF, "[)"), "model.aspp_rates": (1, INF, "[)"),
+    "model.aspp_dropout": (0, 1, "[)"),
+    "eval.batch_size": (1, INF, "[)"), "eval.scales": (0, INF, "()"), "eval.stride": (1, INF, "[)"),
+    "method.ema_momentum": (0, 1, "[]"), "method.sup_only_epochs": (0, INF, "[)"), "method.cutmix_prob": (0, 1, "[]"),
+    "method.cutmix_area": (0, 1, "(]"), "method.alpha0": (0, 1, "[)"), "method.eta": (0, INF, "[)"),
+    "method.sce_xi1": (0, INF, "[)"), "method.sce_xi2": (0, INF, "[)"), "method.prototype_momentum": (0, 1, "[]"),
+    "method.lambda_c": (0, INF, "[)"), "method.queue_size": (1, INF, "[)"), "method.temperature": (0, INF, "()"),
+    "method.num_anchors": (1, INF, "[)"), "method.num_negatives": (1, INF, "[)"), "method.delta_p": (0, 1, "[]"),
+    "method.r_l": (1, INF, "[)"), "method.r_h": (1, INF, "[)"),
+    # domain-adaptive: rare class sampling, DAFormer's pseudo-label weight and feature distance, its decoder
+    "data.source.rcs_temperature": (0, INF, "()"), "data.source.rcs_min_pixels": (0, INF, "[)"),
+    "data.source.resize_factor": (0, INF, "()"), "data.target.resize_factor": (0, INF, "()"),
+    "method.pseudo_threshold": (0, 1, "[]"), "method.pseudo_weight_ignore_rows": (0, INF, "[)"),
+    "method.fd_lambda": (0, INF, "[)"), "method.fd_min_ratio": (0, 1, "[]"), "model.fusion_rates": (1, INF, "[)"),
+    # weakly-supervised: the classifier-only start, CAM thresholds, refinement and loss weights
+    "method.sup_only_fraction": (0, 1, "[]"), "method.cam_fg_threshold": (0, 1, "[]"),
+    "method.cam_bg_threshold": (0, 1, "[]"), "method.cam_beta": (0, 1, "[]"), "method.par_dilations": (1, INF, "[)"),
+    "method.par_iterations": (0, INF, "[)"), "method.par_downscale": (1, INF, "[)"),
+    "method.random_walk_power": (1, INF, "[)"), "method.affinity_radius": (1, INF, "[)"),
+    "method.seg_weight": (0, INF, "[)"), "method.affinity_weight": (0, INF, "[)"),
+}
+# (low key, high key): pairs of keys whose values must be ordered
+ORDERED = (("method.r_l", "method.r_h"), ("method.cam_bg_threshold", "method.cam_fg_threshold"))
+
+
+def _check_range(key: str, value, low: float, high: float, bounds: str) -> None:
+    def ok(v) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return (v > low if bounds[0] == "(" else v >= low) and (v < high if bounds[1] == ")" else v <= high)
+
+    values = list(value) if OmegaConf.is_list(value) else [value]
+    if not all(ok(v) for v in values):
+        allowed = (f"{'>' if bounds[0] == '(' else '>='} {low:g}" if high == INF
+                   else f"in {bounds[0]}{low:g}, {high:g}{bounds[1]}")
+        if OmegaConf.is_list(value):  # untyped lists: numbers of any kind
+            shown, what = list(value), "finite numbers"
+        else:
+            shown, what = value, "an integer" if isinstance(value, int) else "a finite number"
+        raise ConfigError(f"{key}={shown} must be {what} {allowed}")
+
+
+def _check_streams(cfg: DictConfig) -> None:
+    """Unlabeled images only for methods that train on them."""
+    from .methods import method_class
+
+    if "unlabeled" in method_class(cfg).streams:
+        return
+    for key in ("data.unlabeled", "data.unlabeled_images"):
+        if OmegaConf.select(cfg, key) is not None:
+            raise ConfigError(f"{key} is set but method.name={cfg.method.name} trains on labeled images only; "
+                              f"set {key}=null or a semi-supervised method ({', '.join(_semi_methods())})")
+
+
+def _semi_methods() -> list[str]:
+    from .methods import METHODS
+
+    return [name for name, cls in METHODS.items() if "unlabeled" in cls.streams]
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:

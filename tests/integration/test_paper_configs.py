@@ -15,6 +15,7 @@ from PIL import Image
 from u2plus.config import load_config
 from u2plus.data import read_id_list, resolve_split_file
 from u2plus.engine.trainer import train
+from u2plus.methods import method_class
 
 try:
     import pydensecrf.densecrf  # noqa: F401
@@ -54,9 +55,10 @@ def synthetic_data(base, root: Path) -> list[str]:
         images, masks = synthetic_folder(root / "train", c, 4)
         val_images, val_masks = synthetic_folder(root / "val", c, 1)
         unl_images, _ = synthetic_folder(root / "unl", c, 4)
+        semi = "unlabeled" in method_class(base).streams  # unlabeled images only for methods that train on them
         return ["data.train_split=train", "data.val_split=val", "data.dataset=folder", f"data.images={images}",
                 f"data.masks={masks}", f"data.val_images={val_images}", f"data.val_masks={val_masks}",
-                f"data.unlabeled_images={unl_images}", "data.labeled=null", "data.unlabeled=null"]
+                f"data.unlabeled_images={unl_images if semi else 'null'}", "data.labeled=null", "data.unlabeled=null"]
     out = []
     for domain in ("source", "target"):
         images, masks = synthetic_folder(root / domain / "train", c, 4)

@@ -117,7 +117,7 @@ def test_missing_domain_section_names_the_key():
     cfg = load_config(None, ["method.name=daformer"])
     with pytest.raises(ConfigError, match="data.source.dataset is not set"):
         build_stream_sets(cfg.data, ("source", "target"))
-    with pytest.raises(ConfigError, match="data.source.rcs_temperature=0.0 must be positive"):
+    with pytest.raises(ConfigError, match=r"data.source.rcs_temperature=0.0 must be a finite number > 0"):
         load_config(None, ["data.source.rcs_temperature=0"])
 
 

@@ -14,6 +14,8 @@ from a generator seeded by the position.
 
 from __future__ import annotations
 
+import signal
+
 import torch
 
 _MIX = 0x9E3779B97F4A7C15
@@ -101,10 +103,19 @@ def make_train_loader(dataset, global_batch: int, seed: int, start_step: int, nu
                RareClassBatchSampler(sampling, global_batch, seed, start_step, rank, world_size, stream))
     return torch.utils.data.DataLoader(
         SeededDataset(dataset), batch_sampler=sampler, num_workers=num_workers,
-        persistent_workers=num_workers > 0, collate_fn=collate,
+        persistent_workers=num_workers > 0, collate_fn=collate, worker_init_fn=leave_stop_signals_to_main,
         # own generator: creating the loader must not consume the global RNG (exact resume)
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def leave_stop_signals_to_main(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: a worker ignores SIGTERM and SIGINT, which the main
+    process handles (it stops at a step boundary, then shuts the workers down). By default a
+    worker dies of a SIGTERM sent to the whole process group (as cluster schedulers do) and the
+    main process then fails in the middle of a step."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def collate(samples: list[dict]) -> dict:
