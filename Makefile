@@ -23,8 +23,8 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/u2plus train configs/demo/suponly.yaml out_dir=$(DEMO_RUN)/suponly
-	$(BIN)/u2plus train configs/demo/u2pl_plus.yaml out_dir=$(DEMO_RUN)/u2pl_plus
+	$(BIN)/u2plus train configs/demo/suponly.yaml out_dir=$(DEMO_RUN)/suponly resume=auto
+	$(BIN)/u2plus train configs/demo/u2pl_plus.yaml out_dir=$(DEMO_RUN)/u2pl_plus resume=auto
 	$(BIN)/u2plus predict --checkpoint $(DEMO_RUN)/u2pl_plus/last.pt $(DEMO_IMAGES) --out $(DEMO_RUN)/predictions
 	$(BIN)/u2plus visualize --checkpoint $(DEMO_RUN)/u2pl_plus/last.pt $(firstword $(DEMO_IMAGES)) --out $(DEMO_RUN)/figures
 	@$(BIN)/python -c "import json; s, u = (json.load(open('$(DEMO_RUN)/' + m + '/metrics.json')) for m in ('suponly', 'u2pl_plus')); \

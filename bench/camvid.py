@@ -13,6 +13,14 @@ seconds, the exact command, the commit and the machine; the RESULTS.md row the h
 
 ``--record RUN_DIR ...`` records finished run folders instead of training (e.g. runs started by
 hand with ``u2plus train``; their command is rebuilt from the folder's config).
+
+Domain-adaptive configs (``configs/camvid_dusk/``) evaluate on the target (the dusk images) and
+on the source's val split (day val): their JSON lines hold both (``eval``, and ``sets`` in each
+curve point), and their RESULTS.md block, in the section "CamVid day -> dusk", adds the mean and
+standard deviation over seeds of each config and its mean per-class IoU on dusk:
+
+    python bench/camvid.py configs/camvid_dusk/{source_only,daformer,daformer_u2pl_plus}.yaml \
+        --seeds 0 1 2 --set train.num_threads=1 data.num_workers=1 --parallel 2 --note "CamVid day -> dusk"
 ``--parallel N`` runs N trainings at once (with train.num_threads=1 and N=2 on a 2-core machine:
 faster in total than one 2-thread run after another). ``bench/plot_curves.py`` draws the curves.
 """
@@ -37,7 +45,7 @@ from u2plus.paths import resolve_root, use_data_dir_if_unset  # noqa: E402
 use_data_dir_if_unset(REPO.parent / "shared" / "data")  # this machine's data directory, unless U2PLUS_DATA is set
 ENV = {"MALLOC_MMAP_THRESHOLD_": "17179869184", "MALLOC_TRIM_THRESHOLD_": "17179869184",
        "MALLOC_TOP_PAD_": "1073741824"}
-SECTIONS = {"suponly": "## CamVid SupOnly", "semi": "## CamVid semi-supervised"}
+SECTIONS = {"suponly": "## CamVid SupOnly", "semi": "## CamVid semi-supervised", "da": "## CamVid day -> dusk"}
 
 
 def machine() -> str:
@@ -84,8 +92,12 @@ def run_one(config: str, seed: int, extra: list[str], tag: str, runs: Path) -> P
 
 
 def image_size(cfg: dict) -> list[int] | None:
-    """[height, width] of the val images as trained on (first val image, after data.resize_factor)."""
+    """[height, width] of the val images as trained on (first val image, after data.resize_factor);
+    in the domain-adaptive setting those of the target's val split."""
     data = cfg["data"]
+    target = data.get("target") or {}
+    if target.get("dataset"):
+        data = {**data, **{k: v for k, v in target.items() if v is not None and k in ("root", "val_split")}}
     folder = resolve_root(data["root"], cwd=REPO)  # the runs start in REPO
     try:
         from PIL import Image
@@ -108,8 +120,12 @@ def run_record(out_dir: Path) -> dict:
     command = command_file.read_text().strip() if command_file.exists() else f"u2plus train {out_dir}/config.yaml"
     wall_file = out_dir / "bench_wall_seconds.txt"
     wall = float(wall_file.read_text()) if wall_file.exists() else metrics["train_seconds"]
-    curve = [{"step": p["step"], "mIoU": round(p["mIoU"], 2),
-              "per_class": {k: round(v, 2) for k, v in p.get("per_class", {}).items()}}
+    def rounded(r: dict) -> dict:
+        return {"mIoU": round(r["mIoU"], 2), "per_class": {k: round(v, 2) for k, v in r.get("per_class", {}).items()
+                                                           if v is not None}}
+
+    curve = [{"step": p["step"], **rounded(p), **({"sets": {k: rounded(v) for k, v in p["sets"].items()}}
+                                                  if "sets" in p else {})}
              for p in metrics.get("curve", [])]
     d = cfg["data"]
     return {
@@ -123,6 +139,9 @@ def run_record(out_dir: Path) -> dict:
         "best_step": metrics.get("best_step", metrics["steps"]), "mAcc": round(metrics["mAcc"], 2),
         "per_class": {k: round(v, 2) for k, v in metrics["per_class"].items()}, "curve": curve,
         "wall_seconds": round(wall), "seconds_per_step": metrics["seconds_per_step"], "command": command,
+        **({"eval": {k: {"mIoU": round(v["mIoU"], 2), "mAcc": round(v["mAcc"], 2), "images": v["num_images"],
+                         "per_class": rounded(v)["per_class"]} for k, v in metrics["eval"].items()}}
+           if "eval" in metrics else {}),
         "commit": commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
     }
 
@@ -141,11 +160,47 @@ def add_to_section(results: Path, block: str, heading: str) -> None:
     results.write_text(text)
 
 
+def da_block(rows: list[dict]) -> list[str]:
+    """The domain-adaptive table: per run, target (dusk) and source val (day) mIoU; per config,
+    their mean and standard deviation over the seeds and the mean per-class IoU on the target."""
+    import statistics
+
+    def mean_std(values: list[float]) -> str:
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+    lines = ["| run | method | steps | target mIoU | best target mIoU (step) | source val mIoU | wall (min) | s/step | "
+             "command |\n", "|---|---|---|---|---|---|---|---|---|\n"]
+    for r in rows:
+        day = r["eval"].get("source", {}).get("mIoU", float("nan"))
+        lines.append(f"| {r['run']} | {r['method']} | {r['steps']} | {r['mIoU']:.2f} | {r['best_mIoU']:.2f} "
+                     f"({r['best_step']}) | {day:.2f} | {r['wall_seconds'] / 60:.1f} | {r['seconds_per_step']:.2f} | "
+                     f"`{r['command']}` |\n")
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    classes = list(rows[0]["per_class"])
+    lines += ["\n| config | seeds | target mIoU | source val mIoU | " + " | ".join(classes) + " |\n",
+              "|---|---|---|---|" + "---|" * len(classes) + "\n"]
+    for c in configs:
+        runs = [r for r in rows if r["config"] == c]
+        per_class = [statistics.mean([r["per_class"][k] for r in runs if k in r["per_class"]] or [float("nan")])
+                     for k in classes]
+        day = [r["eval"]["source"]["mIoU"] for r in runs if "source" in r["eval"]]
+        lines.append(f"| {c} | {len(runs)} | {mean_std([r['mIoU'] for r in runs])} | "
+                     f"{mean_std(day) if day else 'n/a'} | " + " | ".join(f"{v:.1f}" for v in per_class) + " |\n")
+    return lines
+
+
 def record(rows: list[dict], note: str, section: str, bench_dir: Path) -> None:
     """Append the JSON lines to results.jsonl and one block to RESULTS.md."""
     with open(bench_dir / "results.jsonl", "a") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
+    if section == "da":
+        lines = [f"\n### {time.strftime('%Y-%m-%d %H:%M')} — {note}\n",
+                 f"Machine: {rows[0]['machine']}; commit {rows[0]['commit']}; target = "
+                 f"{rows[0]['eval']['target']['images']} images, curves (target and source val) and per-class "
+                 "IoU in `bench/results.jsonl`.\n\n", *da_block(rows)]
+        add_to_section(bench_dir / "RESULTS.md", "".join(lines), SECTIONS[section])
+        return
     header = ("| run | method | labeled | steps | final mIoU | best mIoU (step) | mAcc | wall (min) | s/step | command |\n"
               "|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [f"\n### {time.strftime('%Y-%m-%d %H:%M')} — {note}\n",
@@ -186,7 +241,8 @@ def main() -> None:
         print(json.dumps({k: r[k] for k in ("run", "mIoU", "best_mIoU", "best_step", "wall_seconds")}), flush=True)
     section = args.section
     if section == "auto":
-        section = "suponly" if all(r["method"] == "suponly" for r in rows) else "semi"
+        section = ("da" if all("eval" in r for r in rows) else
+                   "suponly" if all(r["method"] == "suponly" for r in rows) else "semi")
     record(rows, args.note, section, args.bench_dir.resolve())
 
 

@@ -7,6 +7,11 @@ Runs are named as in ``bench/results.jsonl`` (its ``run`` field; the latest reco
 ``--folders`` reads ``metrics.json`` of run folders instead. A run started from another one
 (``train.init_from``) is drawn after that run's steps when that run is in the plot too, so a
 two-stage schedule reads as one curve. ``--per-class CLASS ...`` adds one panel per class.
+``--set source`` draws a domain-adaptive run's second evaluated set (CamVid day val) instead of
+its target (dusk):
+
+    python bench/plot_curves.py --out bench/curves_dusk.png --runs daformer_s0 daformer_u2pl_plus_s0 --title dusk
+    python bench/plot_curves.py --out bench/curves_day.png --runs daformer_s0 --set source --title "day val"
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ def main() -> None:
     p.add_argument("--folders", nargs="*", type=Path, default=[], help="run folders (metrics.json)")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results.jsonl")
     p.add_argument("--per-class", nargs="*", default=[], metavar="CLASS")
+    p.add_argument("--set", default=None, help="a second evaluated set of domain-adaptive runs (source)")
     p.add_argument("--title", default="CamVid val mIoU")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -70,8 +76,8 @@ def main() -> None:
     for ax, panel in zip(axes[0], panels):
         for r in records:
             off = step_offset(r, by_folder)
-            pts = [(off + c["step"], c["mIoU"] if panel == "mIoU" else c["per_class"].get(panel))
-                   for c in r["curve"]]
+            points = [(c["step"], c if args.set is None else c.get("sets", {}).get(args.set)) for c in r["curve"]]
+            pts = [(off + s, p["mIoU"] if panel == "mIoU" else p["per_class"].get(panel)) for s, p in points if p]
             pts = [(s, v) for s, v in pts if v is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=3, label=r["run"])

@@ -38,7 +38,7 @@ def main() -> None:
     cmd = [sys.executable, "-m", "u2plus", "train", "configs/demo/u2pl_plus.yaml", f"out_dir={args.out}",
            f"train.max_iters={args.steps}", "train.log_every=20", f"train.checkpoint_every={args.steps // 4}",
            "data.batch_size=2", "data.unlabeled_batch_size=2", "data.crop_size=[64,96]", "data.num_workers=1",
-           f"train.num_threads={args.threads}", "method.sup_only_epochs=0"]
+           f"train.num_threads={args.threads}", "method.sup_only_epochs=0", "overwrite=true"]
     t0 = time.time()
     subprocess.run(cmd, cwd=REPO, check=True)
     minutes = (time.time() - t0) / 60

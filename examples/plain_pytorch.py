@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 
 import u2plus
 from u2plus import CriterionConfig, U2PLPlusCriterion
-from u2plus.methods.cutmix import apply_cutmix, cutmix_masks, cutmix_partners
+from u2plus.mixing import apply_cutmix, cutmix_masks, cutmix_partners
 
 DATA = Path(u2plus.__file__).parent / "demo_data" / "camvid_half"
 SPLITS = Path(u2plus.__file__).parent / "splits" / "camvid_demo"

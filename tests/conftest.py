@@ -31,6 +31,20 @@ def camvid_root() -> Path:
     return root
 
 
+DEMO_CONFIG = str(REPO / "configs" / "demo" / "suponly.yaml")
+DEMO_OVERRIDES = [f"data.root={DEMO_ROOT}"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A 4-step SupOnly run on the demo data (run folder with last.pt, metrics.json, tb/)."""
+    from u2plus.cli import main
+
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, *tiny_overrides(out)]) == 0
+    return out
+
+
 def tiny_overrides(out_dir: Path, steps: int = 4) -> list[str]:
     """A demo-config run small enough for a test: 4 steps of batch 2 on 64x96 crops."""
     return [

@@ -1,17 +1,18 @@
 """Command line: ``u2plus train|eval|predict|visualize|splits|data``.
 
 Errors a user can fix (bad data, unknown config key, missing file) end in one line
-``error: ...`` and exit status 2.
+``error: ...`` and exit status 2; the other exit statuses are in ``EXIT_STATUS``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
-from .errors import DataError, U2PlusError
+from .errors import DataError, RunStopped, U2PlusError
 from .paths import PREPARABLE
 
 EPILOG = """examples:
@@ -20,10 +21,15 @@ EPILOG = """examples:
   u2plus train configs/camvid/suponly_1-8.yaml train.max_iters=100 out_dir=runs/x
   u2plus train configs/camvid/suponly_1-8.yaml data.root=/elsewhere/camvid out_dir=runs/x
   u2plus train configs/camvid/suponly_1-8.yaml out_dir=runs/x resume=auto     # continue an interrupted run
-  u2plus eval configs/camvid/suponly_1-8.yaml --checkpoint runs/x/last.pt --split val --out runs/x/val.json
+  u2plus eval --checkpoint runs/x/last.pt --split val --out runs/x/val.json   # with the config it trained with
+  u2plus eval configs/camvid/suponly_1-8.yaml --checkpoint runs/x/last.pt data.root=/elsewhere/camvid
   u2plus predict --checkpoint runs/x/last.pt photo.jpg frames/ --out predictions/
   u2plus visualize --checkpoint runs/x/last.pt photo.jpg --out figures/
   u2plus splits --dataset camvid --labeled 1/8 --seed 0 --out splits/camvid/1-8
+
+exit status: 0 done; 2 a problem with the input (one line "error: ..."); 3 the loss became non-finite
+(train: report in the run folder); 143 / 130 train stopped by SIGTERM / SIGINT after writing its checkpoint
+(continue with resume=auto); 1 a bug (with its traceback).
 
 data: data.root names a dataset folder: absolute, or relative to the current directory when it exists
 there, else relative to the data directory $U2PLUS_DATA (default ./data); see docs/datasets.md.
@@ -40,20 +46,26 @@ def _parser() -> argparse.ArgumentParser:
                        description="Train with CONFIG (YAML). key=value overrides use dotted keys, e.g. "
                        "data.root=/x train.max_iters=100 seed=1 out_dir=runs/x resume=auto. The run folder "
                        "out_dir receives config.yaml, last.pt, metrics.json (final val mIoU) and tb/ "
-                       "(TensorBoard logs).")
+                       "(TensorBoard logs); a folder that holds a run takes only resume=auto, or overwrite=true. "
+                       "SIGTERM (e.g. a cluster's preemption) or Ctrl-C: the current step finishes, last.pt is "
+                       "written and the run exits with status 143 (SIGTERM) or 130 (SIGINT); resume=auto "
+                       "continues it exactly. A non-finite loss ends the run with status 3 and "
+                       "nonfinite_report.json in the run folder (train.nonfinite=skip skips such steps).")
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", metavar="key=value")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint, print one JSON line with mIoU and per_class",
-                       description="Evaluate CHECKPOINT on the val split (or --split) of CONFIG's dataset. "
+                       description="Evaluate CHECKPOINT on the val split (or --split) of its dataset, with the "
+                       "config it was trained with, or with CONFIG when given (it must describe the same model). "
                        "Prints one JSON line {mIoU, per_class, mAcc, aAcc, per_class_acc, split, num_images} "
                        "(mAcc: mean class accuracy, aAcc: pixel accuracy), with eval.crf=true also crf (the "
                        "same after a dense CRF), with data.supervision=tags also cam (the CAM pseudo-labels' "
                        "quality on the training images with masks); --out also writes it to a file.")
-    e.add_argument("config")
+    e.add_argument("config", nargs="?", default=None, help="config file (default: the checkpoint's own)")
     e.add_argument("overrides", nargs="*", metavar="key=value")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--split", default=None, help="split to evaluate (default: data.val_split), e.g. test")
+    e.add_argument("--split", default=None, help="split to evaluate (default: data.val_split; domain-adaptive: "
+                   "data.target.val_split), e.g. test")
     e.add_argument("--out", default=None, help="also write the JSON result to this file")
     e.add_argument("--table", action="store_true", help="also print a per-class table to stderr")
 
@@ -111,17 +123,25 @@ def cmd_train(args) -> None:
     from .engine.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except RunStopped as e:
+        if str(e):  # rank 0: how to continue
+            again = [o for o in args.overrides if not o.startswith(("resume=", "overwrite="))]
+            raise RunStopped(f"{e}: {shlex.join(['u2plus', 'train', args.config, *again, 'resume=auto'])}",
+                             e.exit_code) from None
+        raise
     if metrics:  # under torchrun only rank 0 reports
         print(json.dumps({"mIoU": metrics["mIoU"], "out_dir": str(cfg.out_dir)}))
 
 
 def cmd_eval(args) -> None:
-    from .config import load_config
     from .engine.inference import evaluate_checkpoint
 
-    cfg = load_config(args.config, args.overrides)
-    result = evaluate_checkpoint(cfg, args.checkpoint, args.split)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).is_file():  # no CONFIG, only key=value
+        config, overrides = None, [config, *overrides]
+    result = evaluate_checkpoint(args.checkpoint, args.split, config, overrides)
     line = json.dumps({"mIoU": result["mIoU"], "per_class": result["per_class"], "mAcc": result["mAcc"],
                        "aAcc": result["aAcc"], "per_class_acc": result["per_class_acc"],
                        "split": result["split"], "num_images": result["num_images"],
@@ -199,8 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except U2PlusError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print("error: " + " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()), file=sys.stderr)
+        return e.exit_code
+    except RunStopped as e:
+        if str(e):
+            print(e, file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

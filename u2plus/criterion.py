@@ -47,6 +47,7 @@ from .losses.prototypes import PrototypeMemory, class_feature_sums, prototype_sh
 from .losses.queues import ClassQueues
 from .losses.sce import adaptive_unsupervised_loss
 from .losses.supervised import upsample_logits
+from .mixing import paste
 
 __all__ = ["CriterionConfig", "U2PLPlusCriterion", "resize_nearest"]
 
@@ -76,18 +77,17 @@ def resize_nearest(labels: Tensor, size) -> Tensor:
     return out.to(dtype)
 
 
-def _mix(cutmix: tuple[Tensor, Tensor] | None, *tensors: Tensor) -> tuple[Tensor, ...]:
-    """``where(box, t[partner], t)`` for each ``[B, ..., H, W]`` tensor, the box resized
-    (nearest) to the tensor's size; unchanged without CutMix."""
+def _mix(cutmix: tuple[Tensor, Tensor] | None, tensors: tuple[Tensor, ...],
+         sources: tuple[Tensor, ...] | None = None) -> tuple[Tensor, ...]:
+    """``where(box, s[partner], t)`` for each ``[B, ..., H, W]`` tensor ``t`` and its source
+    ``s`` (``t`` itself for CutMix within the unlabeled batch, a labeled images' tensor for
+    ClassMix from the labeled stream), the box resized (nearest) to ``t``'s size; ``tensors``
+    unchanged without mixing."""
     if cutmix is None:
         return tensors
     box, partner = cutmix
-    out = []
-    for t in tensors:
-        b = resize_nearest(box, t.shape[-2:]).to(t.device)
-        b = b.view(b.shape[0], *([1] * (t.dim() - 3)), *b.shape[-2:])
-        out.append(torch.where(b, t[partner.to(t.device)], t))
-    return tuple(out)
+    return tuple(paste(resize_nearest(box, t.shape[-2:]), partner, t, s)
+                 for t, s in zip(tensors, sources or tensors))
 
 
 class U2PLPlusCriterion(nn.Module):
@@ -131,6 +131,7 @@ class U2PLPlusCriterion(nn.Module):
         valid_u: Tensor | None = None,
         progress: float = 0.0,
         cutmix: tuple[Tensor, Tensor] | None = None,
+        mix_from_labeled: bool = False,
         seed: int = 0,
         unlabeled_labels: Tensor | None = None,
     ) -> dict[str, Tensor]:
@@ -151,6 +152,11 @@ class U2PLPlusCriterion(nn.Module):
             cutmix: ``(box [B_u, H, W] bool, partner [B_u] long)`` used to mix the strong
                 images (``where(box, x[partner], x)``); pseudo-labels and teacher outputs are
                 mixed alike. None: no CutMix.
+            mix_from_labeled: the boxes hold pixels of the *labeled* image ``partner[i]``
+                (``partner`` indexes the labeled batch): DACS's ClassMix of source pixels onto
+                target images in the domain-adaptive setting. There the mixed pseudo-labels are
+                the labels, reliable and valid where not ignored, and the mixed teacher outputs
+                the labeled images'.
             seed: a number that changes every step (e.g. the step): the seed of the sampling.
             unlabeled_labels: ``[B_u, H, W]`` true labels of the unlabeled images, if known; used
                 only for the ``diag/*`` entries, never for a loss.
@@ -196,7 +202,10 @@ class U2PLPlusCriterion(nn.Module):
                 label_prob = denoise_probabilities(prob_u, upsample_logits(w, size))
             y_hat = pseudo_labels(label_prob, reliable, ign)
             # 3. the strong view's CutMix applied to everything derived from the teacher
-            y_mix, rel_mix, valid_mix, t_logits_u_mix = _mix(cutmix, y_hat, reliable, valid_u, t_logits_u)
+            unlabeled_side = (y_hat, reliable, valid_u, t_logits_u)
+            labeled_known = labels != ign
+            y_mix, rel_mix, valid_mix, t_logits_u_mix = _mix(
+                cutmix, unlabeled_side, (labels, labeled_known, labeled_known, t_logits_l) if mix_from_labeled else None)
 
         # 4. adaptive SCE (Eq. 4, 14): global counts of reliable and of valid mixed pixels, one collective
         n_reliable, n_valid = comm.sum(torch.stack([(rel_mix & (y_mix != ign)).sum(), valid_mix.sum()])).unbind()
@@ -232,7 +241,8 @@ class U2PLPlusCriterion(nn.Module):
                 unrel_small = ~rel_small & resize_nearest(valid_mix, feat_size)
                 unrel_small = torch.cat([unrel_small.new_zeros((b_l, *unrel_small.shape[1:])), unrel_small])
                 is_labeled = torch.arange(b_l + b_u, device=labels.device) < b_l
-                z_t = torch.cat([teacher_rep_l, _mix(cutmix, teacher_rep_u.detach())[0]])
+                z_t_u = _mix(cutmix, (teacher_rep_u.detach(),), (teacher_rep_l.detach(),) if mix_from_labeled else None)[0]
+                z_t = torch.cat([teacher_rep_l, z_t_u])
                 rank, world = comm.rank, comm.world_size
                 image_ids = torch.cat([rank * b_l + torch.arange(b_l), b_l * world + rank * b_u + torch.arange(b_u)])
                 anchors, negatives = semi_supervised_masks(labels_small, prob_small, is_labeled, unrel_small, c, ign)
@@ -246,7 +256,8 @@ class U2PLPlusCriterion(nn.Module):
                         "per_class/queue_fill": stats["queue_fill"]})
         if unlabeled_labels is not None:  # diagnostics only: never trained on
             with torch.no_grad():
-                gt = _mix(cutmix, unlabeled_labels.to(y_mix.device))[0]
+                gt = _mix(cutmix, (unlabeled_labels.to(y_mix.device),),
+                          (labels,) if mix_from_labeled else None)[0]
                 out["diag/pseudo_label_precision"] = self._pseudo_label_precision(gt, y_mix, rel_mix)
                 if c.contrastive:
                     out.update(self._premise_diagnostics(gt, prob_small[b_l:], unrel_small[b_l:]))

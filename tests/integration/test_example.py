@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -11,8 +12,10 @@ from ..conftest import REPO
 
 
 def test_plain_pytorch_example_runs_three_steps_and_prints_the_terms():
+    # this checkout's package, whichever one the environment has installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "plain_pytorch.py"), "--steps", "3"],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("step ")]
     assert len(lines) == 3

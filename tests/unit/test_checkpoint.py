@@ -157,3 +157,32 @@ def test_rng_state_survives_checkpoint_file(tmp_path):
     set_rng_state(load_checkpoint(path)["rng"])
     assert torch.equal(torch.randint(0, 1000, (8,)), t1)
     assert [random.randint(0, 10**9) for _ in range(5)] == p1
+
+
+def test_run_checkpoint_format_is_checked(tmp_path):
+    from u2plus import __version__
+    from u2plus.engine.checkpoint import VERSION_FIELDS, load_run_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({**VERSION_FIELDS, "method": {}, "step": 1}, path)
+    assert load_run_checkpoint(path)["u2plus"] == __version__
+    save_checkpoint({"method": {}, "step": 1}, path)  # written before checkpoints had a format
+    assert load_run_checkpoint(path)["step"] == 1
+    save_checkpoint({"format": 7, "u2plus": "2.0.0", "method": {}}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_run_checkpoint(path)
+    assert str(e.value) == (f"{path} was written by u2plus 2.0.0 in checkpoint format 7; this u2plus {__version__} "
+                            "reads formats 0-1: upgrade u2plus to read it")
+    save_checkpoint({"w": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="holds no trained model"):
+        load_run_checkpoint(path)
+
+
+def test_load_weights_names_source_and_first_mismatch():
+    from u2plus.engine.checkpoint import load_weights
+
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(CheckpointError) as e:
+        load_weights(model, torch.nn.Linear(4, 2).state_dict(), "resume=x.pt")
+    msg = str(e.value)
+    assert msg.startswith("resume=x.pt does not fit this model: size mismatch for weight") and "\n" not in msg

@@ -209,3 +209,73 @@ def test_class_weights_values():
             load_config(None, [f"train.class_weights={bad}"])
     with pytest.raises(ConfigError, match="cannot be combined with train.ohem"):
         load_config(None, ["train.class_weights=median_frequency", "train.ohem=true"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=nan", "train.lr=nan must be a finite number > 0"),
+    ("train.lr=0", "train.lr=0.0 must be a finite number > 0"),
+    ("train.lr=inf", "train.lr=inf must be a finite number > 0"),
+    ("train.momentum=1.0", "train.momentum=1.0 must be a finite number in [0, 1)"),
+    ("method.ema_momentum=-0.1", "method.ema_momentum=-0.1 must be a finite number in [0, 1]"),
+    ("method.delta_p=1.5", "method.delta_p=1.5 must be a finite number in [0, 1]"),
+    ("data.blur_p=2", "data.blur_p=2.0 must be a finite number in [0, 1]"),
+    ("data.unlabeled_batch_size=0", "data.unlabeled_batch_size=0 must be an integer >= 1"),
+    ("train.log_every=0", "train.log_every=0 must be an integer >= 1"),
+    ("data.scale_range=[0,2]", "data.scale_range=[0, 2] must be finite numbers > 0"),
+    ("data.scale_range=[2.0,1.0]", "data.scale_range=[2.0, 1.0] must be [low, high] with low <= high"),
+    ("method.cutmix_area=[0.5,2]", "method.cutmix_area=[0.5, 2] must be finite numbers in (0, 1]"),
+    ("eval.scales=[1,.inf]", "eval.scales=[1, inf] must be finite numbers > 0"),
+    ("eval.stride=[0,3]", "eval.stride=[0, 3] must be finite numbers >= 1"),
+    ("method.r_l=30", "method.r_l=30 must be <= method.r_h=20"),
+    ("train.nonfinite=ignore", "train.nonfinite='ignore' is not one of stop, skip"),
+    # the keys of the domain-adaptive and weakly-supervised settings are in the same table
+    ("data.source.rcs_temperature=0", "data.source.rcs_temperature=0.0 must be a finite number > 0"),
+    ("method.pseudo_threshold=1.5", "method.pseudo_threshold=1.5 must be a finite number in [0, 1]"),
+    ("method.fd_lambda=-1", "method.fd_lambda=-1.0 must be a finite number >= 0"),
+    ("model.fusion_rates=[1,0]", "model.fusion_rates=[1, 0] must be finite numbers >= 1"),
+    ("method.sup_only_fraction=1.5", "method.sup_only_fraction=1.5 must be a finite number in [0, 1]"),
+    ("method.cam_beta=nan", "method.cam_beta=nan must be a finite number in [0, 1]"),
+    ("method.cam_bg_threshold=0.6", "method.cam_bg_threshold=0.6 must be <= method.cam_fg_threshold=0.55"),
+    ("train.save_at=[0]", "train.save_at=[0] must be finite numbers >= 1"),
+])
+def test_values_outside_their_range_name_key_and_range(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value) == message
+
+
+def test_unlabeled_images_only_for_methods_that_train_on_them():
+    with pytest.raises(ConfigError, match="data.unlabeled is set but method.name=suponly"):
+        load_config(None, ["data.unlabeled=camvid/1-8/unlabeled.txt"])
+    assert load_config(None, ["data.unlabeled=x.txt", "method.name=u2pl"]).data.unlabeled == "x.txt"
+    # a checkpoint's own config is taken as written (runs made before this check keep working)
+    old = OmegaConf.to_container(load_config(None, []))
+    old["data"]["unlabeled"] = "x.txt"
+    assert config_from_checkpoint({"config": old}).data.unlabeled == "x.txt"
+
+
+def test_overwrite_cannot_resume():
+    with pytest.raises(ConfigError, match="overwrite=true starts the run afresh"):
+        load_config(None, ["overwrite=true", "resume=auto"])
+    assert load_config(None, ["overwrite=true", "resume=other/last.pt"]).overwrite
+
+
+def test_config_from_checkpoint_takes_overrides():
+    state = {"config": OmegaConf.to_container(load_config(None, ["seed=3"]))}
+    cfg = config_from_checkpoint(state, ["data.root=/elsewhere", "eval.mode=sliding"])
+    assert cfg.seed == 3 and cfg.data.root == "/elsewhere" and cfg.eval.mode == "sliding"
+
+
+def test_config_differences_name_the_model_keys_that_differ():
+    from u2plus.config import config_differences
+
+    a = load_config(None, [])
+    b = load_config(None, ["model.encoder=resnet18", "data.num_classes=21", "train.lr=0.5", "model.aspp_rates=[1,2,3]"])
+    assert config_differences(a, a) == ""
+    assert config_differences(a, b) == ("data.num_classes 11 vs 21, model.encoder tf_efficientnet_lite0 vs resnet18, "
+                                        "model.aspp_rates [6, 12, 18] vs [1, 2, 3]")
+    # the DAFormer decoder, its fusion rates and the weakly-supervised heads (tags) are the model too
+    da = load_config(None, ["model.decoder=daformer", "model.fusion_rates=[1,6]"])
+    assert config_differences(a, da) == "model.decoder deeplabv3plus vs daformer, model.fusion_rates [1, 6, 12, 18] vs [1, 6]"
+    ws = load_config(None, ["data.supervision=tags", "method.name=afa", "method.cls_pooling=avg"])
+    assert config_differences(a, ws) == "data.supervision pixels vs tags, method.cls_pooling max vs avg"

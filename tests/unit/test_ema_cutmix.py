@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from u2plus.methods.mean_teacher import ema_momentum, ema_update
-from u2plus.methods.cutmix import apply_cutmix, cutmix_masks, cutmix_partners
+from u2plus.mixing import apply_cutmix, cutmix_masks, cutmix_partners
 
 
 def test_ema_momentum_schedule():

@@ -6,22 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from u2plus.config import load_config
-from u2plus.methods import StepContext, build_method
-from u2plus.models import build_segmentor
+from u2plus.methods import StepContext
 
-from ..helpers import train_step
+from ..helpers import tiny_method, train_steps
 
 NUM_CLASSES = 4
 
 
 def make_method(name: str, *overrides: str):
-    cfg = load_config(None, [f"method.name={name}", "model.encoder=resnet18", "model.pretrained=none",
-                             "model.decoder_channels=16", "model.rep_dim=8", f"data.num_classes={NUM_CLASSES}",
-                             "method.num_anchors=16", "method.num_negatives=4", "method.queue_size=64",
-                             "method.delta_p=0.0", *overrides])
-    torch.manual_seed(0)
-    return build_method(cfg, build_segmentor(cfg.model, NUM_CLASSES))
+    return tiny_method(name, NUM_CLASSES, "method.delta_p=0.0", *overrides)
 
 
 def batches(seed: int = 0, with_unlabeled_masks: bool = False):
@@ -37,14 +30,11 @@ def batches(seed: int = 0, with_unlabeled_masks: bool = False):
 
 
 def run_steps(method, steps: int = 2, with_unlabeled_masks: bool = False, first_step: int = 0):
-    opt = torch.optim.SGD(method.student.parameters(), lr=0.01)
-    method.train()
-    out = []
-    for step in range(first_step, first_step + steps):
+    def streams(step):
         labeled, unlabeled = batches(step, with_unlabeled_masks)
-        ctx = StepContext(step, max_iters=10, iters_per_epoch=5)
-        out.append(train_step(method, opt, labeled, unlabeled if "unlabeled" in method.streams else None, ctx))
-    return out
+        return labeled, unlabeled if "unlabeled" in method.streams else None
+
+    return train_steps(method, streams, steps, first_step)
 
 
 @pytest.mark.parametrize("name, terms", [("suponly", {"loss_sup"}), ("selftrain", {"loss_sup", "loss_unsup"}),

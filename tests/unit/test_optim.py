@@ -59,8 +59,8 @@ def test_constant(step):
 
 @pytest.mark.parametrize("step,expected", [
     (0, 0.1),  # warmup_ratio
-    (5, 0.55),  # 0.1 + 0.9 * 5/10
-    (9, 0.91),  # 0.1 + 0.9 * 9/10
+    (5, 0.55 * 0.95 ** 0.9),  # (0.1 + 0.9 * 5/10) times poly at 5/100
+    (9, 0.91 * 0.91 ** 0.9),  # (0.1 + 0.9 * 9/10) times poly at 9/100
     (10, 0.9095325760829622),  # warm-up over: poly at progress 10/100 -> 0.9 ** 0.9
     (50, 0.5358867312681466),
 ])
@@ -205,3 +205,27 @@ def test_scheduler_state_dict_resume_reproduces_lrs():
         assert a == pytest.approx(b, abs=1e-15)
     # the sequence is not trivially constant (the test would not notice a restart otherwise)
     assert full[5] != full[0]
+
+
+def test_daformer_schedule_of_the_paper_configs():
+    """AdamW, 1,500 linear warm-up iterations multiplying the linear decay over 40k (mmcv, as
+    DAFormer), encoder 6e-5, decoder and heads x10, weight decay 0.01."""
+    from pathlib import Path
+
+    from u2plus.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs/gta2cs/daformer.yaml").train
+    opt = _build(cfg, FakeSegmentor())
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.01]
+    sched = build_scheduler(cfg, opt, cfg.max_iters)
+    lrs = {}
+    for step in range(1501):
+        lrs[step] = [g["lr"] for g in opt.param_groups]
+        opt.step()
+        sched.step()
+    decay = [1 - s / 40000 for s in (0, 750, 1500)]
+    for step, factor in ((0, 1e-6 * decay[0]), (750, (1e-6 + (1 - 1e-6) * 0.5) * decay[1]), (1500, decay[2])):
+        assert lrs[step] == pytest.approx([6e-5 * factor, 6e-4 * factor], rel=1e-9), step
+    assert lrs[1499][0] < lrs[1500][0] < lrs[1499][0] * 1.001  # continuous at the end of the warm-up
+    assert lr_factor(40000, 40000, "linear", warmup_iters=1500) == 0.0

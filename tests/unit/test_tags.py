@@ -17,6 +17,7 @@ from u2plus.engine import trainer as trainer_module
 from u2plus.errors import DataError
 from u2plus.methods import method_class
 
+from ..helpers import one_error_line
 from .test_datasets import CCP_CLASSES, ccp_tree, cfg, label, rgb
 
 SHARED = Path(__file__).parents[2].parent / "shared/data"
@@ -102,13 +103,6 @@ def test_supervision_and_method_must_agree():
         method_class(load_config(None, ["method.name=afa"]))
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    return errors[0]
-
-
 @pytest.mark.parametrize("breaker", ["tag_outside", "no_entry", "orphan_tags", "pixel_method"])
 def test_bad_tag_input_is_one_cli_line_before_training(breaker, tmp_path, capsys, monkeypatch):
     root = ccp_tree(tmp_path / "ccp")
@@ -129,7 +123,7 @@ def test_bad_tag_input_is_one_cli_line_before_training(breaker, tmp_path, capsys
     code = main(["train", str(REPO / "configs/ccp/afa.yaml"), f"data.root={root}", *extra,
                  f"out_dir={tmp_path / 'run'}"])
     assert code == 2
-    assert named in _one_error_line(capsys)
+    assert named in one_error_line(capsys)
     assert not started, "the model was built before the tags were checked"
 
 

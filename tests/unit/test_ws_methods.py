@@ -8,23 +8,17 @@ import pytest
 import torch
 
 from u2plus.config import load_config
-from u2plus.methods import StepContext, build_method
 from u2plus.models import build_segmentor
 from u2plus.models.image_level import LastStageAttention, attach_image_level_heads
 
-from ..helpers import train_step
+from ..helpers import tiny_method, train_steps
 
 C = 4
 
 
 def make_method(name: str, *overrides: str):
-    cfg = load_config(None, [f"method.name={name}", "data.supervision=tags", "model.encoder=resnet18",
-                             "model.pretrained=none", "model.decoder_channels=16", "model.rep_dim=8",
-                             f"data.num_classes={C}", "method.num_anchors=16", "method.num_negatives=4",
-                             "method.queue_size=64", "method.single_threshold=true", "method.cam_beta=0.0",
-                             "method.sup_only_fraction=0.5", *overrides])
-    torch.manual_seed(0)
-    return build_method(cfg, build_segmentor(cfg.model, C))
+    return tiny_method(name, C, "data.supervision=tags", "method.single_threshold=true", "method.cam_beta=0.0",
+                       "method.sup_only_fraction=0.5", *overrides)
 
 
 def batch(seed: int = 0) -> dict:
@@ -36,13 +30,7 @@ def batch(seed: int = 0) -> dict:
 
 
 def run_steps(method, steps: int = 4):
-    opt = torch.optim.SGD(method.student.parameters(), lr=0.01)
-    method.train()
-    logs = []
-    for step in range(steps):
-        ctx = StepContext(step, max_iters=steps, iters_per_epoch=steps)
-        logs.append(train_step(method, opt, batch(step), None, ctx))
-    return logs
+    return train_steps(method, lambda step: (batch(step), None), steps, max_iters=steps, iters_per_epoch=steps)
 
 
 @pytest.mark.parametrize("name", ["afa", "afa_u2pl_plus"])

@@ -7,7 +7,7 @@ from typing import Optional
 
 from ..errors import ConfigError, DataError
 from . import camvid, ccp, cityscapes, folder, gta5, synthia, voc
-from .base import SampleRef, SegmentationDataset, read_id_list
+from .base import SampleRef, SegmentationDataset, image_size, read_id_list
 from .tags import with_tags
 from ..paths import data_dir, dataset_root, resolve_root
 
@@ -50,6 +50,7 @@ def build_dataset(data_cfg, split: str) -> SegmentationDataset:
         data_cfg = data_cfg.copy()
         data_cfg.root = str(dataset_root(data_cfg.dataset, data_cfg.root))
     ds = builder(data_cfg, split)
+    ds.resize = tuple(data_cfg.resize) if data_cfg.get("resize") else None
     if ds.num_classes != data_cfg.num_classes:
         raise ConfigError(
             f"data.num_classes={data_cfg.num_classes} but {ds.name} has {ds.num_classes} classes"
@@ -117,7 +118,33 @@ def build_train_sets(data_cfg, semi_supervised: bool) -> tuple[SegmentationDatas
     return labeled, unlabeled if unlabeled.has_masks else unlabeled.without_masks()
 
 
+def check_crop_fits(data_cfg, dataset: SegmentationDataset, samples: int = 8) -> None:
+    """ConfigError unless some of the first ``samples`` images, after the dataset's fixed
+    pre-resize (``resize_factor``, or the fixed ``resize`` of ``data.resize`` or a domain's) and
+    the largest ``data.scale_range`` factor, can fill ``data.crop_size`` (else every crop would
+    be mostly padding)."""
+    crop_h, crop_w = data_cfg.crop_size
+    scale = data_cfg.scale_range[1]
+    reach = []
+    for ref in dataset.items[:samples]:
+        w, h = image_size(ref.image)
+        h, w = dataset.resize if dataset.resize else (h * dataset.resize_factor, w * dataset.resize_factor)
+        reach.append((round(h * scale), round(w * scale), ref.image))
+        if reach[-1][0] >= crop_h and reach[-1][1] >= crop_w:
+            return
+    h, w, image = max(reach, key=lambda r: r[0] * r[1])
+    resized = (f"resized to {list(dataset.resize)}" if dataset.resize
+               else f"x data.resize_factor={dataset.resize_factor:g}")
+    raise ConfigError(f"data.crop_size={[crop_h, crop_w]} cannot be filled: images such as {image} reach at most "
+                      f"[{h}, {w}] ({resized} x data.scale_range max {scale:g}); use a crop of at most "
+                      f"[{h}, {w}] or raise data.scale_range")
+
+
+# the streams and evaluation sets build on the functions above
+from .domains import STREAMS, build_eval_sets, build_stream_sets, check_same_classes, eval_data_cfg  # noqa: E402
+
 __all__ = [
-    "DATASETS", "SampleRef", "SegmentationDataset", "build_dataset", "build_train_sets", "cam_quality_set",
-    "data_dir", "read_id_list", "register", "resolve_root", "resolve_split_file", "tagged_images",
+    "DATASETS", "STREAMS", "SampleRef", "SegmentationDataset", "build_dataset", "build_eval_sets",
+    "build_stream_sets", "build_train_sets", "cam_quality_set", "check_crop_fits", "check_same_classes", "data_dir",
+    "eval_data_cfg", "read_id_list", "register", "resolve_root", "resolve_split_file", "tagged_images",
 ]

@@ -86,6 +86,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
             indexed by raw values; values beyond its length are an error.
         resize_factor: fixed rescale of image (bilinear, antialiased) and mask (nearest) at load.
         transform: callable on the sample dict (see :mod:`u2plus.data.transforms`).
+
+    ``resize`` (``[height, width]``, set from ``data.resize``) resizes every sample to that
+    fixed size instead of ``resize_factor``.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.resize_factor = resize_factor
         self.transform = transform
         self.name = name
+        self.resize: Optional[tuple[int, int]] = None
         # image-level labels {id: [class ids]} the samples carry (set by u2plus.data.tags.with_tags),
         # and those the dataset's own tag file gives (e.g. CCP tags.json), with that file's name
         self.tags: Optional[dict[str, list[int]]] = None
@@ -152,9 +156,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         sample["image"] = tv_tensors.Image(image)
         if self.tags is not None:
             sample["tags"] = tag_vector(self.tags[ref.id], self.num_classes)
-        if self.resize_factor != 1.0:
-            h, w = image.shape[1:]
-            size = [max(1, round(h * self.resize_factor)), max(1, round(w * self.resize_factor))]
+        h, w = image.shape[1:]
+        size = (list(self.resize) if self.resize is not None
+                else [max(1, round(h * self.resize_factor)), max(1, round(w * self.resize_factor))])
+        if size != [h, w]:
             sample["image"] = TF.resize(sample["image"], size, antialias=True)
             if "mask" in sample:
                 sample["mask"] = TF.resize(
@@ -189,20 +194,22 @@ class SegmentationDataset(torch.utils.data.Dataset):
         new.items = list(items)
         return new
 
+    def per_image_class_counts(self, purpose: str = "class statistics") -> torch.Tensor:
+        """``[N, C]`` pixels of each class in each image's mask, at the mask's stored resolution
+        (ignored and out-of-range values not counted). Reads every mask once."""
+        counts = torch.zeros(len(self.items), self.num_classes, dtype=torch.long)
+        for i, ref in enumerate(self.items):
+            if ref.mask is None:
+                raise DataError(f"{self.name}: {ref.image} has no mask; {purpose} need masks")
+            mask = torch.from_numpy(self.load_mask(ref.mask).astype(np.int64)).reshape(-1)
+            counts[i] = torch.bincount(mask[(mask >= 0) & (mask < self.num_classes)], minlength=self.num_classes)
+        return counts
+
     def class_pixel_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per class: its pixels, and the labelled (non-ignored) pixels of the images in which it
         occurs (the inputs of median frequency balancing). Reads every mask once."""
-        class_pixels = torch.zeros(self.num_classes, dtype=torch.long)
-        image_pixels = torch.zeros(self.num_classes, dtype=torch.long)
-        for ref in self.items:
-            if ref.mask is None:
-                raise DataError(f"{self.name}: {ref.image} has no mask; class weights need masks")
-            mask = torch.from_numpy(self.load_mask(ref.mask).astype(np.int64)).reshape(-1)
-            mask = mask[(mask >= 0) & (mask < self.num_classes)]
-            counts = torch.bincount(mask, minlength=self.num_classes)
-            class_pixels += counts
-            image_pixels += (counts > 0).long() * mask.numel()
-        return class_pixels, image_pixels
+        counts = self.per_image_class_counts("class weights")
+        return counts.sum(0), ((counts > 0).long() * counts.sum(1, keepdim=True)).sum(0)
 
     def check_files(self) -> None:
         """Decode every file once: readable images, masks of the same size, label values in

@@ -6,9 +6,15 @@ indices in the order of a permutation seeded by ``(seed, e)``; global step ``s``
 ``r``-th contiguous slice of them. Each position also fixes the augmentation seed of its sample.
 So the data a step sees depends only on (seed, step, B): resume at any step replays exactly,
 and 1 process with batch 2B sees the same images as 2 processes with B each.
+
+A dataset with a ``class_sampling`` (rare class sampling, :mod:`u2plus.data.rare_class`) is drawn
+by :class:`RareClassBatchSampler` instead: the same positions, each drawing its class and image
+from a generator seeded by the position.
 """
 
 from __future__ import annotations
+
+import signal
 
 import torch
 
@@ -38,20 +44,38 @@ class StepBatchSampler(torch.utils.data.Sampler):
             self._perm, self._perm_epoch = torch.randperm(self.n, generator=g), epoch
         return self._perm
 
+    def index_at(self, position: int) -> int:
+        """The dataset index at a position of the stream."""
+        epoch, offset = divmod(position, self.n)
+        return int(self._permutation(epoch)[offset])
+
     def batch_for_step(self, step: int) -> list[tuple[int, int]]:
         per_rank = self.batch // self.world
         first = step * self.batch + self.rank * per_rank
-        out = []
-        for pos in range(first, first + per_rank):
-            epoch, offset = divmod(pos, self.n)
-            out.append((int(self._permutation(epoch)[offset]), sample_seed(self.seed, self.stream, pos)))
-        return out
+        return [(self.index_at(pos), sample_seed(self.seed, self.stream, pos)) for pos in range(first, first + per_rank)]
 
     def __iter__(self):
         step = self.start_step
         while True:
             yield self.batch_for_step(step)
             step += 1
+
+
+class RareClassBatchSampler(StepBatchSampler):
+    """Rare class sampling (DAFormer): position ``p`` draws a class from ``class_probs``, then an
+    image among those eligible for it, with a generator seeded by (seed, stream, p), so resume
+    and any process count replay the same draws."""
+
+    def __init__(self, sampling, global_batch: int, seed: int, start_step: int = 0, rank: int = 0,
+                 world_size: int = 1, stream: int = 0):
+        super().__init__(sampling.eligible.shape[0], global_batch, seed, start_step, rank, world_size, stream)
+        self.class_probs, self.eligible = sampling.class_probs, sampling.eligible
+
+    def index_at(self, position: int) -> int:
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.stream, position) ^ 0x5CA1AB1E)
+        c = int(torch.multinomial(self.class_probs, 1, generator=g))
+        images = self.eligible[:, c].nonzero()[:, 0]
+        return int(images[torch.randint(len(images), (1,), generator=g)])
 
 
 class SeededDataset(torch.utils.data.Dataset):
@@ -73,13 +97,25 @@ class SeededDataset(torch.utils.data.Dataset):
 
 def make_train_loader(dataset, global_batch: int, seed: int, start_step: int, num_workers: int,
                       rank: int = 0, world_size: int = 1, stream: int = 0):
-    sampler = StepBatchSampler(len(dataset), global_batch, seed, start_step, rank, world_size, stream)
+    sampling = getattr(dataset, "class_sampling", None)
+    sampler = (StepBatchSampler(len(dataset), global_batch, seed, start_step, rank, world_size, stream)
+               if sampling is None else
+               RareClassBatchSampler(sampling, global_batch, seed, start_step, rank, world_size, stream))
     return torch.utils.data.DataLoader(
         SeededDataset(dataset), batch_sampler=sampler, num_workers=num_workers,
-        persistent_workers=num_workers > 0, collate_fn=collate,
+        persistent_workers=num_workers > 0, collate_fn=collate, worker_init_fn=leave_stop_signals_to_main,
         # own generator: creating the loader must not consume the global RNG (exact resume)
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def leave_stop_signals_to_main(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: a worker ignores SIGTERM and SIGINT, which the main
+    process handles (it stops at a step boundary, then shuts the workers down). By default a
+    worker dies of a SIGTERM sent to the whole process group (as cluster schedulers do) and the
+    main process then fails in the middle of a step."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def collate(samples: list[dict]) -> dict:

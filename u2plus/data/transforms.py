@@ -3,7 +3,7 @@
 - weak: random scale, random crop padded with the ignore label (image padded with 0), h-flip;
 - strong (unlabeled images only): colour jitter, random grayscale, Gaussian blur, applied to a
   copy of the weakly augmented crop, so teacher (weak) and student (strong) see the same pixels.
-  CutMix is applied per batch in the training step (:mod:`u2plus.methods.cutmix`).
+  CutMix is applied per batch in the training step (:mod:`u2plus.mixing`).
 - eval: no geometric change, only normalisation.
 """
 

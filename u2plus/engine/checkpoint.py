@@ -1,5 +1,8 @@
 """Checkpoints: written atomically (temp file in the same folder, fsync, rename), loaded with
-``weights_only=True``. A kill during a write never replaces the previous good checkpoint."""
+``weights_only=True``. A kill during a write never replaces the previous good checkpoint.
+
+A training checkpoint records its layout version (``format``) and the u2plus version that wrote
+it; :func:`load_run_checkpoint` refuses a layout it cannot read with one line naming both."""
 
 from __future__ import annotations
 
@@ -10,7 +13,13 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
+from ..config import MODEL_KEYS, config_differences, config_from_checkpoint
 from ..errors import CheckpointError
+
+FORMAT = 1  # layout of a training checkpoint; bump when it changes incompatibly
+READABLE_FORMATS = (0, 1)  # 0: written before the layout carried a version (same layout as 1)
+VERSION_FIELDS = {"format": FORMAT, "u2plus": __version__}  # what a training checkpoint records
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -44,20 +53,54 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"cannot load checkpoint {path}: {e}") from None
 
 
-def evaluated_model_weights(path: str | Path) -> dict:
-    """State dict of the network a training run evaluated (its EMA teacher where the method
-    evaluates the teacher, else its student), from the run's ``last.pt`` or its folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
+def load_run_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by ``u2plus train``, whose layout this version reads."""
     state = load_checkpoint(path)
-    weights = state.get("method")
-    if not isinstance(weights, dict):
+    if not isinstance(state, dict) or not isinstance(state.get("method"), dict):
         raise CheckpointError(f"{path} holds no trained model (was it written by u2plus train?)")
+    fmt = state.get("format", 0)
+    if fmt not in READABLE_FORMATS:
+        writer = f"u2plus {state.get('u2plus', '(unknown version)')}"
+        newer = isinstance(fmt, int) and fmt > FORMAT
+        advice = "upgrade u2plus to read it" if newer else f"read it with {writer}"
+        raise CheckpointError(f"{path} was written by {writer} in checkpoint format {fmt}; this u2plus "
+                              f"{__version__} reads formats {READABLE_FORMATS[0]}-{READABLE_FORMATS[-1]}: {advice}")
+    return state
+
+
+def check_model(state: dict, path, cfg, against: str, keys=MODEL_KEYS, hint: str = "") -> None:
+    """One line naming the differing ``keys`` when the checkpoint's model is not the one ``cfg``
+    (named ``against``) describes."""
+    differences = config_differences(config_from_checkpoint(state), cfg, keys)
+    if differences:
+        raise CheckpointError(f"{path} holds another model than {against} (checkpoint vs config: {differences}){hint}")
+
+
+def evaluated_weights(state: dict) -> dict:
+    """State dict of the network a training run evaluated (its EMA teacher where the method
+    evaluates the teacher, else its student)."""
+    weights = state["method"]
     method = (state.get("config") or {}).get("method") or {}
     prefix = "teacher." if method.get("eval_teacher", True) and any(k.startswith("teacher.") for k in weights) \
         else "student."
     return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def evaluated_model_weights(path: str | Path) -> dict:
+    """:func:`evaluated_weights` of a run's ``last.pt`` or its folder."""
+    path = Path(path)
+    return evaluated_weights(load_run_checkpoint(path / "last.pt" if path.is_dir() else path))
+
+
+def load_weights(module: torch.nn.Module, weights: dict, source: str) -> None:
+    """``module.load_state_dict(weights)``; a mismatch is one line naming ``source`` and the
+    first differing weights."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:3]
+        raise CheckpointError(f"{source} does not fit this model: "
+                              + " ".join(line.strip() for line in first)) from None
 
 
 def rng_state() -> dict:

@@ -7,15 +7,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import config_from_checkpoint
-from ..data import cam_quality_set
+from ..config import config_from_checkpoint, load_config
+from ..data import cam_quality_set, eval_data_cfg
 from ..data.base import list_images, read_image
+from ..data.domains import is_domain_adaptive
 from ..data.transforms import Normalize
 from ..errors import DataError
-from ..methods import build_method
+from ..methods import method_class
 from ..models import build_segmentor
 from ..viz import colorize, overlay, palette_for, save_png
-from .checkpoint import load_checkpoint
+from .checkpoint import check_model, evaluated_weights, load_run_checkpoint, load_weights
 from .distributed import resolve_device
 from .evaluate import predict_logits
 from .cam_quality import run_cam_quality
@@ -23,33 +24,46 @@ from .crf import require_crf
 from .trainer import build_eval_loader, normalisation, run_evaluation
 
 
-def load_trained_model(cfg, state: dict, device: torch.device):
-    """Rebuild the method of ``cfg``, load the checkpoint and return the model to evaluate."""
+def load_trained_model(cfg, state: dict, device: torch.device, source: str = "the checkpoint"):
+    """The network the checkpoint's run evaluated (its EMA teacher or its student), built from
+    ``cfg.model``, in eval mode on ``device``."""
     num_classes = int(state.get("num_classes", cfg.data.num_classes))
     model_cfg = cfg.model.copy()
     model_cfg.pretrained = "none"  # the checkpoint holds every weight
-    method = build_method(cfg, build_segmentor(model_cfg, num_classes))
-    method.load_state_dict(state["method"])
-    model = method.eval_model().to(device).eval()
-    return model
+    # with the heads the checkpoint's method trains (e.g. the weakly-supervised classifier and affinity)
+    model = method_class(cfg).prepare_student(build_segmentor(model_cfg, num_classes), cfg)
+    load_weights(model, evaluated_weights(state), source)
+    return model.to(device).eval()
 
 
-def evaluate_checkpoint(cfg, checkpoint: str, split: str | None = None) -> dict:
-    """The checkpoint's scores on ``split``: with ``eval.crf`` also after the dense CRF
-    (``"crf"``), with ``data.supervision: tags`` also the CAM quality (``"cam"``)."""
+def checkpoint_config(state: dict, checkpoint: str, config: str | None = None, overrides=None):
+    """The config to use a trained checkpoint with: its own, or the file ``config`` when that
+    describes the same model (else one line naming the differing keys); ``overrides`` on top."""
+    if config is None:
+        return config_from_checkpoint(state, overrides)
+    cfg = load_config(config, overrides)
+    check_model(state, checkpoint, cfg, config, hint="; leave out the config to use the checkpoint's own")
+    return cfg
+
+
+def evaluate_checkpoint(checkpoint: str, split: str | None = None, config: str | None = None,
+                        overrides=None) -> dict:
+    """The checkpoint's scores on ``split`` (default: the evaluated domain's val split) with its
+    own config or ``config``: with ``eval.crf`` also after the dense CRF (``"crf"``), with
+    ``data.supervision: tags`` also the CAM quality (``"cam"``)."""
+    state = load_run_checkpoint(checkpoint)
+    cfg = checkpoint_config(state, checkpoint, config, overrides)
     device = resolve_device(cfg.device)
     if cfg.eval.crf:
         require_crf()
-    state = load_checkpoint(checkpoint)
-    model = load_trained_model(cfg, state, device)
+    model = load_trained_model(cfg, state, device, checkpoint)
     mean, std = normalisation(cfg, model)
-    split = split or cfg.data.val_split
     dataset, loader = build_eval_loader(cfg, split, mean, std)
     result = run_evaluation(cfg, model, loader, dataset, device, crf=cfg.eval.crf)
     cam_set = cam_quality_set(cfg.data) if cfg.data.supervision == "tags" else None
     if cam_set is not None:
         result["cam"] = run_cam_quality(cfg, model, cam_set, mean, std, device)
-    result["split"] = split
+    result["split"] = split or (is_domain_adaptive(cfg.data) and cfg.data.target.val_split) or cfg.data.val_split
     return result
 
 
@@ -71,20 +85,21 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 
 def load_for_inference(checkpoint: str, device: str = "auto"):
     """(checkpoint state, its config, the model to run, its input normalisation, device)."""
-    state = load_checkpoint(checkpoint)
+    state = load_run_checkpoint(checkpoint)
     cfg = config_from_checkpoint(state)
     dev = resolve_device(device)
-    model = load_trained_model(cfg, state, dev)
+    model = load_trained_model(cfg, state, dev, checkpoint)
     mean, std = normalisation(cfg, model)
     return state, cfg, model, Normalize(mean, std), dev
 
 
-def rescale_image(image: torch.Tensor, factor: float) -> torch.Tensor:
-    """The fixed training-time rescale (``data.resize_factor``) of a uint8 image [3, H, W]."""
-    if factor == 1.0:
-        return image
+def rescale_image(image: torch.Tensor, factor: float, size=None) -> torch.Tensor:
+    """The fixed training-time rescale (``data.resize_factor``, or the fixed ``data.resize``
+    ``size``) of a uint8 image [3, H, W]."""
     h, w = image.shape[1:]
-    size = [max(1, round(h * factor)), max(1, round(w * factor))]
+    size = list(size) if size else [max(1, round(h * factor)), max(1, round(w * factor))]
+    if size == [h, w]:
+        return image
     return F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True,
                          align_corners=False)[0].clamp(0, 255).round().to(torch.uint8)
 
@@ -97,13 +112,14 @@ def predict_paths(checkpoint: str, inputs: list[str], out_dir: str, mode: str | 
     state, cfg, model, normalize, dev = load_for_inference(checkpoint, device)
     mode = mode or ("whole" if cfg.eval.mode == "center_crop" else cfg.eval.mode)
     class_names = state.get("class_names")
-    palette = palette_for(model.num_classes, cfg.data.dataset)
+    data_cfg = eval_data_cfg(cfg.data)  # the evaluated domain's settings (the target's in DA)
+    palette = palette_for(model.num_classes, data_cfg.dataset)
     out = Path(out_dir)
     paths = collect_inputs(inputs)
     for path in paths:
         image = read_image(path)
         h, w = image.shape[1:]
-        x = normalize(rescale_image(image, cfg.data.resize_factor))[None].to(dev)
+        x = normalize(rescale_image(image, data_cfg.resize_factor, data_cfg.resize))[None].to(dev)
         logits = predict_logits(model.predict, x, model.num_classes, mode=mode,
                                 crop_size=tuple(cfg.eval.crop_size),
                                 stride=tuple(cfg.eval.stride) if cfg.eval.stride else None,

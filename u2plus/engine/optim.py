@@ -2,7 +2,7 @@
 
 Parameter groups come from the method (:meth:`u2plus.methods.Method.param_groups`): each at
 ``lr * lr_mult`` (the encoder at ``lr``, decoder + heads at ``lr * head_lr_mult``, x10 in the paper). Schedules: poly ``(1 - t/T)^power`` (SS), linear decay (DA), constant; optional
-linear warm-up. The scheduler is a LambdaLR stepped once per iteration, so its state_dict
+linear warm-up (DA: 1,500 iterations) that multiplies the schedule. The scheduler is a LambdaLR stepped once per iteration, so its state_dict
 restores the exact learning rate on resume.
 """
 
@@ -24,15 +24,19 @@ def build_optimizer(train_cfg, param_groups: list[dict]) -> torch.optim.Optimize
 
 def lr_factor(step: int, max_iters: int, schedule: str, power: float = 0.9, warmup_iters: int = 0,
               warmup_ratio: float = 1e-6) -> float:
-    """Multiplier of the base learning rate at iteration ``step`` (0-based)."""
-    if warmup_iters and step < warmup_iters:
-        return warmup_ratio + (1.0 - warmup_ratio) * step / warmup_iters
+    """Multiplier of the base learning rate at iteration ``step`` (0-based): the schedule's decay
+    over all ``max_iters``, times ``warmup_ratio + (1 - warmup_ratio) * step / warmup_iters``
+    during the warm-up (mmcv's linear warm-up, as DAFormer uses it: continuous at its end)."""
     progress = min(step / max(max_iters, 1), 1.0)
     if schedule == "poly":
-        return (1.0 - progress) ** power
-    if schedule == "linear":
-        return 1.0 - progress
-    return 1.0
+        factor = (1.0 - progress) ** power
+    elif schedule == "linear":
+        factor = 1.0 - progress
+    else:
+        factor = 1.0
+    if warmup_iters and step < warmup_iters:
+        factor *= warmup_ratio + (1.0 - warmup_ratio) * step / warmup_iters
+    return factor
 
 
 def build_scheduler(train_cfg, optimizer, max_iters: int) -> torch.optim.lr_scheduler.LambdaLR:

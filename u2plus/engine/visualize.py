@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import eval_data_cfg
 from ..data.base import read_image
 from ..losses.entropy import pixel_entropy
 from ..losses.partition import entropy_threshold, reliable_mask
@@ -90,10 +91,11 @@ def visualize_paths(checkpoint: str, inputs: list[str], out_dir: str, alpha: flo
     """Write ``<stem>_fig2.png`` for every input image; returns the written paths."""
     state, cfg, model, normalize, dev = load_for_inference(checkpoint, device)
     alpha = cfg.method.alpha0 if alpha is None else alpha
-    palette = palette_for(model.num_classes, cfg.data.dataset)
+    data_cfg = eval_data_cfg(cfg.data)  # the evaluated domain's settings (the target's in DA)
+    palette = palette_for(model.num_classes, data_cfg.dataset)
     written = []
     for path in collect_inputs(inputs):
-        image = rescale_image(read_image(path), cfg.data.resize_factor)
+        image = rescale_image(read_image(path), data_cfg.resize_factor, data_cfg.resize)
         logits = predict_logits(model.predict, normalize(image)[None].to(dev), model.num_classes, mode="whole")
         prob = logits.float().softmax(1)[0].cpu().numpy()
         out = Path(out_dir) / f"{path.stem}_fig2.png"

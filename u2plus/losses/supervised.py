@@ -17,15 +17,22 @@ def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
 
 def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
                         count_override: torch.Tensor | None = None,
-                        class_weights: torch.Tensor | None = None) -> torch.Tensor:
+                        class_weights: torch.Tensor | None = None,
+                        pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
     """L_s (Eq. 3): mean CE over non-ignored pixels; 0 (differentiable) when all are ignored.
 
     With ``class_weights [C]`` it is the weighted mean ``sum_i w_{y_i} l_i / sum_i w_{y_i}``
-    (torch's ``weight=`` convention). With ``count_override`` (the number of valid pixels over
-    all processes, or the sum of their weights) it returns the local (weighted) sum divided by
-    that count: this process's share of the global mean.
+    (torch's ``weight=`` convention). With ``pixel_weights [B, H, W]`` each pixel's loss is
+    scaled by its weight and the mean stays over the valid pixels (DAFormer's pseudo-label
+    weights; ``class_weights`` are then not used). With ``count_override`` (the number of valid pixels over all processes, or the
+    sum of their class weights) it returns the local (weighted) sum divided by that count: this
+    process's share of the global mean.
     """
     logits = upsample_logits(logits, target.shape[-2:]).float()
+    if pixel_weights is not None:
+        per_pixel = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
+        count = (target != ignore_index).sum() if count_override is None else count_override.to(per_pixel.device)
+        return (per_pixel * pixel_weights.float()).sum() / count.float().clamp_min(1.0)
     weight = None if class_weights is None else class_weights.to(device=logits.device, dtype=torch.float32)
     if count_override is not None:
         total = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="sum")

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Method, StepContext
+from .domain_adaptive import DomainAdaptive, SourceOnly
 from .mean_teacher import MeanTeacher
 from .semi_supervised import SemiSupervised
 from .suponly import SupOnly
 from .weakly_supervised import WeaklySupervised
 
 # selftrain, u2pl and u2pl_plus are one recipe with different criterion switches (config presets);
-# afa and afa_u2pl_plus too, on image-level tags
+# so are daformer and daformer_u2pl_plus (source -> target), and afa and afa_u2pl_plus (image-level tags)
 METHODS = {
     "suponly": SupOnly,
     "selftrain": SemiSupervised,
     "u2pl": SemiSupervised,
     "u2pl_plus": SemiSupervised,
+    "source_only": SourceOnly,
+    "daformer": DomainAdaptive,
+    "daformer_u2pl_plus": DomainAdaptive,
     "afa": WeaklySupervised,
     "afa_u2pl_plus": WeaklySupervised,
 }
@@ -39,5 +43,5 @@ def build_method(cfg, student) -> Method:
     return method_class(cfg)(cfg, student)
 
 
-__all__ = ["METHODS", "MeanTeacher", "Method", "SemiSupervised", "StepContext", "WeaklySupervised", "build_method",
-           "method_class"]
+__all__ = ["METHODS", "DomainAdaptive", "MeanTeacher", "Method", "SemiSupervised", "SourceOnly", "StepContext",
+           "WeaklySupervised", "build_method", "method_class"]

@@ -3,8 +3,8 @@
 A method is an ``nn.Module`` holding all of its trainable and stateful parts (student, teacher,
 criterion with its prototypes and queues), so one ``state_dict`` checkpoints all of them. It
 declares what the engine needs to know, and the engine knows nothing else of it: its data
-``streams`` (``labeled`` alone, or ``labeled`` + ``unlabeled``), the ``supervision`` its training
-images carry (``pixels`` or image-level ``tags``), its optimiser
+``streams`` (``labeled`` alone, ``labeled`` + ``unlabeled``, or ``source`` + ``target``), the
+``supervision`` its training images carry (``pixels`` or image-level ``tags``), its optimiser
 :meth:`param_groups` and the ``progress_fields`` of the progress bar. The engine calls
 ``training_step`` (returns the loss to back-propagate and logs) and, after the optimiser step,
 ``after_optimizer_step``.
@@ -78,7 +78,8 @@ class Method(nn.Module):
         self.__dict__["_student_runner"] = student_runner
 
     def student_forward(self, x: torch.Tensor, **outputs: bool) -> dict[str, torch.Tensor]:
-        """The student's forward (through DDP under torchrun); ``outputs``: e.g. ``with_rep=True``."""
+        """The student's forward (through DDP under torchrun); ``outputs``: e.g. ``with_rep=True``,
+        ``with_features=True`` (the encoder's maps), ``with_cam=True`` (the weakly-supervised heads)."""
         runner = self.__dict__["_student_runner"] or self.student
         return runner(x, **outputs)
 

@@ -1,5 +1,5 @@
-"""The mean-teacher base shared by the semi-supervised and weakly-supervised (and the coming
-domain-adaptive) recipes: an EMA teacher of the student (paper Eq. 2), run in eval mode, copied
+"""The mean-teacher base shared by the semi-supervised, domain-adaptive and weakly-supervised
+recipes: an EMA teacher of the student (paper Eq. 2), run in eval mode, copied
 from the student through a supervised-only warm-up (docs/method.md, step 11)."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import torch
 from ..criterion import CriterionConfig, U2PLPlusCriterion
 from ..errors import ConfigError
 from .base import StepContext
-from .cutmix import apply_cutmix, cutmix_masks, cutmix_partners
+from ..mixing import apply_cutmix, cutmix_masks, cutmix_partners
 from .mean_teacher import MeanTeacher
 
 
@@ -21,16 +21,22 @@ def criterion_config(method_cfg) -> CriterionConfig:
     return CriterionConfig(**{f.name: method_cfg[f.name] for f in dataclasses.fields(CriterionConfig)})
 
 
+def build_criterion(cfg, student, ignore_index: int) -> U2PLPlusCriterion:
+    """The U2PL+ criterion of ``cfg.method`` for ``student``, which needs a representation head
+    when the criterion uses representations."""
+    criterion = U2PLPlusCriterion(criterion_config(cfg.method), student.num_classes, cfg.model.rep_dim, ignore_index)
+    if criterion.needs_teacher_rep and not cfg.model.rep_head:
+        raise ConfigError(f"method.name={cfg.method.name} needs model.rep_head=true (contrastive/denoising)")
+    return criterion
+
+
 class SemiSupervised(MeanTeacher):
     progress_fields = {"loss_unsup": "Lu", "loss_contrastive": "Lc", "reliable_fraction": "rel",
                        "lambda_u": "lam_u", "gamma": "gamma"}
 
     def __init__(self, cfg, student):
         super().__init__(cfg, student)
-        self.criterion = U2PLPlusCriterion(criterion_config(cfg.method), student.num_classes, cfg.model.rep_dim,
-                                           self.ignore_index)
-        if self.criterion.needs_teacher_rep and not cfg.model.rep_head:
-            raise ConfigError(f"method.name={cfg.method.name} needs model.rep_head=true (contrastive/denoising)")
+        self.criterion = build_criterion(cfg, student, self.ignore_index)
 
     @property
     def loss_terms(self) -> tuple[str, ...]:

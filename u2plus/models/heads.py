@@ -5,8 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 
-def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def conv_bn_relu(cin: int, cout: int, kernel_size: int = 3, dilation: int = 1, groups: int = 1) -> nn.Sequential:
+    """Conv (same padding, no bias)-BN-ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
+                                   groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class SegmentationHead(nn.Sequential):

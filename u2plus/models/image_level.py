@@ -100,4 +100,6 @@ def attach_image_level_heads(model: nn.Module, pooling: str = "max") -> nn.Modul
     """Give a Segmentor the weakly-supervised heads (once); returns the model."""
     if getattr(model, "image_level", None) is None:
         model.image_level = ImageLevelHeads(model.encoder, model.num_classes, pooling)
+        if model.image_level.attention is None:  # a transformer's own attention maps: keep them
+            model.encoder.tap_attention()
     return model

@@ -11,6 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def embed_levels(maps: list[torch.Tensor], projections: nn.ModuleList) -> list[torch.Tensor]:
+    """SegFormer's MLP embedding, shared with the DAFormer decoder: each map through its 1x1
+    projection, upsampled (bilinear) to the size of the first (finest) map."""
+    size = maps[0].shape[-2:]
+    return [F.interpolate(proj(m), size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size
+            else proj(m) for proj, m in zip(projections, maps)]
+
+
 class SegFormerHead(nn.Module):
     def __init__(self, encoder_channels: list[int], encoder_reductions: list[int], channels: int = 256,
                  dropout: float = 0.1):
@@ -23,8 +31,4 @@ class SegFormerHead(nn.Module):
         self.out_channels = channels
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        maps = features[-4:]
-        size = maps[0].shape[-2:]
-        projected = [F.interpolate(proj(m), size=size, mode="bilinear", align_corners=False)
-                     for proj, m in zip(self.project, maps)]
-        return self.fuse(torch.cat(projected[::-1], dim=1))
+        return self.fuse(torch.cat(embed_levels(features[-4:], self.project)[::-1], dim=1))

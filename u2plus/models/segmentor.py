@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .daformer import DAFormerDecoder
 from .deeplabv3plus import DeepLabV3PlusDecoder
 from .encoders import build_encoder
 from .heads import RepresentationHead, SegmentationHead
@@ -25,11 +26,13 @@ class Segmentor(nn.Module):
         self.mean, self.std = encoder.mean, encoder.std
         self.image_level = None  # weakly-supervised heads (models/image_level.py), attached by the WS recipes
 
-    def forward(self, x: torch.Tensor, with_rep: bool = False, with_cam: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, with_rep: bool = False, with_cam: bool = False,
+                with_features: bool = False) -> dict[str, torch.Tensor]:
         """``logits`` [B, C, H/4, W/4]; with ``with_rep``, ``rep`` [B, D, H/4, W/4], L2-normalised
         per pixel (as every similarity, prototype and memory-bank use needs); with ``with_cam``
         (weakly-supervised heads), ``cls_logits`` [B, C - 1], ``cams`` [B, C - 1, h, w] (Eq. 5)
-        and ``affinity`` [B, h * w, h * w] on the encoder's last map."""
+        and ``affinity`` [B, h * w, h * w] on the encoder's last map; with ``with_features``,
+        ``features``: the encoder's maps (e.g. for DAFormer's feature distance)."""
         features = self.encoder(x)
         attention = None
         if self.image_level is not None:
@@ -38,6 +41,8 @@ class Segmentor(nn.Module):
         out = {"logits": self.seg_head(fmap)}
         if with_cam:
             out.update(self.image_level(features[-1], attention))
+        if with_features:
+            out["features"] = features
         if with_rep:
             if self.rep_head is None:
                 raise RuntimeError("this model was built without a representation head (model.rep_head=false)")
@@ -59,6 +64,9 @@ def build_segmentor(model_cfg, num_classes: int) -> Segmentor:
     encoder = build_encoder(model_cfg.encoder, model_cfg.pretrained, model_cfg.output_stride)
     if model_cfg.decoder == "segformer":
         decoder = SegFormerHead(encoder.channels, encoder.reductions, model_cfg.decoder_channels)
+    elif model_cfg.decoder == "daformer":
+        decoder = DAFormerDecoder(encoder.channels, encoder.reductions, model_cfg.decoder_channels,
+                                  tuple(model_cfg.fusion_rates))
     else:
         decoder = DeepLabV3PlusDecoder(encoder.channels, encoder.reductions, model_cfg.decoder_channels,
                                        model_cfg.aspp_rates, model_cfg.aspp_separable, model_cfg.aspp_dropout,

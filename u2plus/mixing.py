@@ -1,4 +1,5 @@
-"""CutMix for the strongly augmented unlabeled batch (docs/method.md step 4)."""
+"""Mixing: CutMix of the strongly augmented unlabeled batch (docs/method.md step 4) and DACS's
+ClassMix of source pixels onto target images (domain-adaptive recipes)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["cutmix_masks", "apply_cutmix", "cutmix_partners"]
+__all__ = ["cutmix_masks", "apply_cutmix", "cutmix_partners", "paste", "class_mix_masks"]
 
 # Aspect ratio (box width / box height) is log-uniform in [ASPECT_MIN, 1 / ASPECT_MIN].
 ASPECT_MIN = 0.3
@@ -57,20 +58,48 @@ def cutmix_masks(
     return inside & has_box.view(batch, 1, 1)
 
 
-def apply_cutmix(mask: Tensor, partner: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
-    """``where(mask, t[partner], t)`` for each ``t`` of shape ``[B, ..., H, W]``.
-
-    The ``[B, H, W]`` mask broadcasts over any channel dims: works for images ``[B, 3, H, W]``,
-    labels ``[B, H, W]``, bool masks and probabilities ``[B, C, H, W]``. Returns a tuple.
-    """
+def paste(mask: Tensor, partner: Tensor, into: Tensor, source: Tensor) -> Tensor:
+    """``where(mask, source[partner], into)``: image ``i`` of ``into`` takes the pixels of
+    ``source[partner[i]]`` where ``mask[i]``. ``into`` and ``source`` are ``[B, ..., H, W]``
+    (images, labels, bool masks, probabilities); the ``[B, H, W]`` mask broadcasts over any
+    channel dims."""
     B, H, W = mask.shape
-    out = []
-    for t in tensors:
-        if t.shape[0] != B or tuple(t.shape[-2:]) != (H, W):
-            raise ValueError(f"apply_cutmix: tensor of shape {tuple(t.shape)} does not match mask {tuple(mask.shape)}")
-        m = mask.to(t.device).view(B, *([1] * (t.dim() - 3)), H, W)
-        out.append(torch.where(m, t[partner.to(t.device)], t))
-    return tuple(out)
+    if into.shape[0] != B or tuple(into.shape[-2:]) != (H, W) or into.shape[1:] != source.shape[1:]:
+        raise ValueError(f"paste: tensors of shape {tuple(into.shape)} and {tuple(source.shape)} do not match "
+                         f"mask {tuple(mask.shape)}")
+    m = mask.to(into.device).view(B, *([1] * (into.dim() - 3)), H, W)
+    return torch.where(m, source[partner.to(into.device)], into)
+
+
+def apply_cutmix(mask: Tensor, partner: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """``where(mask, t[partner], t)`` for each ``t`` of shape ``[B, ..., H, W]`` (:func:`paste`
+    within one batch). Returns a tuple."""
+    return tuple(paste(mask, partner, t, t) for t in tensors)
+
+
+def class_mix_masks(labels: Tensor, generator: torch.Generator | None = None, ignore_index: int = 255,
+                    num_classes: int | None = None) -> Tensor:
+    """ClassMix masks of DACS (Tranheden et al. 2021, as DAFormer uses them): for each label map,
+    ``ceil(n / 2)`` of the ``n`` classes present in it, drawn uniformly without replacement;
+    True on the pixels of those classes. The ignore label is not a class (DACS draws it like one).
+
+    Args:
+        labels: ``[B, H, W]`` source labels.
+        generator: the step's generator (a resumed run draws the same classes).
+
+    Returns:
+        ``[B, H, W]`` bool: the pixels to paste.
+    """
+    valid = labels != ignore_index
+    b = labels.shape[0]
+    c = num_classes or (int(labels[valid].max()) + 1 if bool(valid.any()) else 1)
+    index = torch.where(valid, labels, c).long().flatten(1)  # ignored pixels: an extra column c
+    present = torch.zeros(b, c + 1, dtype=torch.bool, device=labels.device).scatter_(1, index, True)[:, :c]
+    # a random order of each image's classes, present ones first: the first ceil(n/2) are chosen
+    score = _rand(b * c, generator, labels.device).view(b, c) + (~present).float()
+    rank = score.argsort(1).argsort(1)
+    chosen = present & (rank < (present.sum(1, keepdim=True) + 1) // 2)
+    return torch.cat([chosen, chosen.new_zeros(b, 1)], 1).gather(1, index).view_as(labels)
 
 
 def cutmix_partners(
