@@ -10,8 +10,11 @@ gathered once per step, globally sampled anchors and negatives, global loss norm
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +116,62 @@ def test_two_process_checkpoint_resumes_in_one_process(one_and_two_processes, tm
     assert state["step"] == STEPS + 1 and state["world_size"] == 1
     before = load_checkpoint(two / "last.pt")["method"]
     assert not torch.equal(state["method"]["criterion.queues.keys"], before["criterion.queues.keys"])  # it trained on
+
+
+def _child_with_rank(parent: int, rank: int) -> int | None:
+    """The pid of ``parent``'s child process that torchrun started as ``rank`` (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's worker processes in /proc (Linux)")
+def test_sigterm_to_one_process_stops_every_process_after_the_same_step(tmp_path):
+    """A SIGTERM that reaches rank 1 only (a scheduler that signals one node) stops both processes
+    after the same step: rank 0 writes that step's checkpoint and names it, and resume=auto under
+    torchrun continues to the weights of an uninterrupted 2-process run."""
+    steps = 12
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "u2plus",
+                "train", CONFIG, *overrides(out), f"train.max_iters={steps}", "train.checkpoint_every=1", *extra]
+
+    cut, full = tmp_path / "cut", tmp_path / "full"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command(cut), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 600
+        while not (cut / "last.pt").exists():  # step 1 done: both processes are in the loop
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.02)
+        rank_1 = _child_with_rank(proc.pid, 1)
+        assert rank_1 is not None, "torchrun's rank-1 worker not found"
+        os.kill(rank_1, signal.SIGTERM)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0, "the run finished before the signal took effect"
+    match = re.search(rf"stopped by SIGTERM after step (\d+) of {steps}; checkpoint (\S+); continue with resume=auto",
+                      out + err)
+    assert match, (out + err)[-3000:]
+    stopped_at = int(match.group(1))
+    state = load_checkpoint(cut / "last.pt")
+    assert match.group(2) == str(cut / "last.pt") and state["step"] == stopped_at < steps and state["world_size"] == 2
+    # torchrun itself ends with its ChildFailedError report (the workers' exit code 143 in it);
+    # no u2plus process prints a traceback
+    assert "exitcode  : 143" in err and not re.search(r'File "[^"]*/u2plus/', err), err[-6000:]
+
+    run(command(cut, "resume=auto"))
+    run(command(full))
+    resumed, uninterrupted = load_checkpoint(cut / "last.pt"), load_checkpoint(full / "last.pt")
+    assert resumed["step"] == uninterrupted["step"] == steps
+    for key, value in uninterrupted["method"].items():
+        assert torch.equal(value, resumed["method"][key]), f"{key} differs after a stop at step {stopped_at}"
