@@ -470,6 +470,7 @@ RANGES = {
     "method.ema_momentum": (0, 1, "[]"), "method.sup_only_epochs": (0, INF, "[)"), "method.cutmix_prob": (0, 1, "[]"),
     "method.cutmix_area": (0, 1, "(]"), "method.alpha0": (0, 1, "[)"), "method.eta": (0, INF, "[)"),
     "method.sce_xi1": (0, INF, "[)"), "method.sce_xi2": (0, INF, "[)"), "method.prototype_momentum": (0, 1, "[]"),
+    "method.alignment_momentum": (0, 1, "[)"),
     "method.lambda_c": (0, INF, "[)"), "method.queue_size": (1, INF, "[)"), "method.temperature": (0, INF, "()"),
     "method.num_anchors": (1, INF, "[)"), "method.num_negatives": (1, INF, "[)"), "method.delta_p": (0, 1, "[]"),
     "method.r_l": (1, INF, "[)"), "method.r_h": (1, INF, "[)"),

@@ -43,6 +43,7 @@ from .losses.partition import (
     reliable_mask,
     unreliable_fraction,
 )
+from .losses.alignment import align_distribution, class_frequencies, mean_probabilities
 from .losses.prototypes import PrototypeMemory, class_feature_sums, prototype_share_left
 from .losses.queues import ClassQueues
 from .losses.sce import adaptive_unsupervised_loss
@@ -62,6 +63,12 @@ class CriterionConfig(ContrastiveConfig):
     # beyond the paper: gamma_t per class predicted by the teacher (each class keeps 1 - alpha_t
     # of its pixels reliable), so thin and rare classes are not left without pseudo-labels
     classwise_partition: bool = False
+    # beyond the paper: distribution alignment (losses/alignment.py): the teacher's probabilities
+    # times (labeled class frequency / teacher's mean probability), both running means with this
+    # momentum, before the partition and the pseudo-labels, so that under-predicted classes
+    # (thin, rare) are raised towards their labeled share
+    distribution_alignment: bool = False
+    alignment_momentum: float = 0.99
     eta: float = 1.0  # weight of L_u (Eq. 14)
     sce_xi1: float = 1.0
     sce_xi2: float = 0.1  # reverse CE weight of SCE (Eq. 4); 0 = plain CE
@@ -106,6 +113,12 @@ class U2PLPlusCriterion(nn.Module):
         self.queues = ClassQueues(num_classes, rep_dim, cfg.queue_size) if cfg.contrastive and cfg.use_queue else None
         # steps taken, for the share of the first prototypes still left (a buffer: resumes with the run)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        if cfg.distribution_alignment:
+            if not 0.0 <= cfg.alignment_momentum < 1.0:
+                raise ValueError(f"alignment_momentum={cfg.alignment_momentum} must be in [0, 1)")
+            # running class priors (sum 1): of labeled pixels, and of the teacher on unlabeled ones
+            self.register_buffer("label_prior", torch.zeros(num_classes))
+            self.register_buffer("teacher_prior", torch.zeros(num_classes))
 
     @property
     def needs_teacher_rep(self) -> bool:
@@ -116,6 +129,22 @@ class U2PLPlusCriterion(nn.Module):
     def needs_student_rep(self) -> bool:
         """Whether ``student_rep_l/u`` must be given (L_c)."""
         return self.cfg.contrastive
+
+    def _aligned(self, prob_u: Tensor, labels: Tensor, valid_u: Tensor) -> Tensor:
+        """``prob_u`` aligned to the labeled class distribution after updating both running
+        priors with this step's global batch (the first step sets them)."""
+        m, comm = self.cfg.alignment_momentum, self.comm
+        counts = comm.sum(class_frequencies(labels, self.num_classes, self.ignore_index).to(prob_u))
+        prob_sum, n = mean_probabilities(prob_u, valid_u)
+        prob_sum, n = comm.sum(prob_sum), comm.sum(n)
+        first = not bool(self.teacher_prior.sum() > 0)
+        for prior, value, known in ((self.label_prior, counts / counts.sum().clamp_min(1), counts.sum() > 0),
+                                    (self.teacher_prior, prob_sum / n.clamp_min(1), n > 0)):
+            if bool(known):
+                prior.copy_(value if first or not bool(prior.sum() > 0) else m * prior + (1 - m) * value)
+        if not bool(self.label_prior.sum() > 0):
+            return prob_u
+        return align_distribution(prob_u, self.label_prior, self.teacher_prior)
 
     def forward(
         self,
@@ -178,10 +207,12 @@ class U2PLPlusCriterion(nn.Module):
         with torch.no_grad():
             t_logits_l, t_logits_u = teacher_logits_l.detach().float(), teacher_logits_u.detach().float()
             prob_u = upsample_logits(t_logits_u, size).softmax(1)
+            valid_u = (torch.ones_like(prob_u[:, 0], dtype=torch.bool) if valid_u is None
+                       else valid_u.to(device=prob_u.device, dtype=torch.bool))
+            if c.distribution_alignment:  # beyond the paper: raise under-predicted classes
+                prob_u = self._aligned(prob_u, labels, valid_u)
             # 1. entropy, dynamic partition, threshold (Eq. 11-13) over the global unlabeled batch
             entropy = pixel_entropy(prob_u)
-            valid_u = (torch.ones_like(entropy, dtype=torch.bool) if valid_u is None
-                       else valid_u.to(device=entropy.device, dtype=torch.bool))
             alpha_t = unreliable_fraction(c.alpha0, progress, c.dynamic_partition)
             all_valid = comm.cat(valid_u.reshape(-1).to(torch.uint8)).bool()
             if c.classwise_partition:  # one gamma_t per predicted class (beyond the paper)
