@@ -180,3 +180,9 @@ def test_warmup_from_a_suponly_run_is_the_runs_own_warmup(tmp_path, capsys):
     assert main(["train", DEMO_CONFIG, *semi, *tiny_overrides(tmp_path / "other"), *warmup, "data.batch_size=4",
                  f"train.warmup_from={sup / 'step_2.pt'}"]) == 2
     assert "differs in data.batch_size" in one_error_line(capsys)
+    # a checkpoint written before a model key existed compares that key as today's default
+    old = torch.load(sup / "step_2.pt", weights_only=True)
+    del old["config"]["model"]["fusion_rates"]
+    torch.save(old, tmp_path / "old_step_2.pt")
+    assert main(["train", DEMO_CONFIG, *semi, *tiny_overrides(tmp_path / "from_old"), *warmup,
+                 f"train.warmup_from={tmp_path / 'old_step_2.pt'}"]) == 0

@@ -36,7 +36,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from ..config import MODEL_KEYS, save_config
+from ..config import MODEL_KEYS, config_from_checkpoint, save_config
 from ..data import STREAMS, build_eval_sets, build_stream_sets, cam_quality_set, check_crop_fits, check_same_classes
 from ..data.sampler import collate, leave_stop_signals_to_main, make_train_loader
 from ..data.transforms import EvalTransform, TrainTransform
@@ -345,7 +345,8 @@ def _warmup_state(run: Run) -> dict:
     state = load_run_checkpoint(source)
     if not hasattr(run.method, "state_from_warmup"):
         raise ConfigError(f"train.warmup_from: method.name={cfg.method.name} has no supervised warm-up")
-    other = OmegaConf.create(state.get("config") or {})
+    # its config on today's defaults: keys added since it was written compare as their defaults
+    other = config_from_checkpoint(state)
     differ = [k for k in _WARMUP_KEYS if OmegaConf.select(other, k) != OmegaConf.select(cfg, k)]
     if differ:
         raise ConfigError(f"train.warmup_from={source}: its run differs in {', '.join(differ)}")
