@@ -135,6 +135,7 @@ def run_record(out_dir: Path) -> dict:
         "image_size": image_size(cfg), "crop": d["crop_size"], "batch": d["batch_size"],
         "unlabeled_batch": d["unlabeled_batch_size"] if metrics["unlabeled_images"] else 0,
         "init_from": cfg["train"].get("init_from"),
+        "warmup_from": cfg["train"].get("warmup_from"),  # the SupOnly checkpoint its warm-up came from
         "mIoU": round(metrics["mIoU"], 2), "best_mIoU": round(metrics.get("best_mIoU", metrics["mIoU"]), 2),
         "best_step": metrics.get("best_step", metrics["steps"]), "mAcc": round(metrics["mAcc"], 2),
         "per_class": {k: round(v, 2) for k, v in metrics["per_class"].items()}, "curve": curve,
