@@ -290,6 +290,7 @@ class U2PLPlusCriterion(nn.Module):
                 gt = _mix(cutmix, (unlabeled_labels.to(y_mix.device),),
                           (labels,) if mix_from_labeled else None)[0]
                 out["diag/pseudo_label_precision"] = self._pseudo_label_precision(gt, y_mix, rel_mix)
+                out.update(self._pseudo_label_recall(gt, y_mix, rel_mix))
                 if c.contrastive:
                     out.update(self._premise_diagnostics(gt, prob_small[b_l:], unrel_small[b_l:]))
         self.steps += 1
@@ -304,6 +305,20 @@ class U2PLPlusCriterion(nn.Module):
         """Share of reliable pixels whose pseudo-label is the true class (NaN when none)."""
         valid = reliable & (gt != self.ignore_index)
         return (y_hat[valid] == gt[valid]).float().mean() if bool(valid.any()) else torch.tensor(float("nan"))
+
+    def _pseudo_label_recall(self, gt: Tensor, y_hat: Tensor, reliable: Tensor) -> dict:
+        """Per class over the global batch: ``per_class/pseudo_label_recall``, the share of its
+        true pixels that got it as a reliable pseudo-label, and ``per_class/pseudo_label_share``,
+        its share of all reliable pseudo-labels (NaN / 0 where a class is absent). A class whose
+        recall falls to 0 gets no unlabeled supervision: self-training's small-class collapse."""
+        known = gt != self.ignore_index
+        hit = reliable & known & (y_hat == gt)
+        n = self.num_classes
+        counts = torch.stack([torch.bincount(gt[m].long(), minlength=n)[:n]
+                              for m in (hit, known)] + [torch.bincount(y_hat[reliable & known].long(), minlength=n)[:n]])
+        tp, true, given = self.comm.sum(counts.float()).unbind()
+        recall = torch.where(true > 0, tp / true.clamp_min(1), torch.full_like(tp, float("nan")))
+        return {"per_class/pseudo_label_recall": recall, "per_class/pseudo_label_share": given / given.sum().clamp_min(1)}
 
     def _premise_diagnostics(self, gt: Tensor, prob_small_u: Tensor, unrel_small_u: Tensor) -> dict:
         """How often an unreliable pixel's true class is among the classes it was made a

@@ -68,3 +68,16 @@ def test_criterion_aligns_the_teacher_and_keeps_running_priors():
 def test_alignment_momentum_must_be_a_fraction():
     with pytest.raises(ValueError, match="alignment_momentum"):
         U2PLPlusCriterion(CriterionConfig(distribution_alignment=True, alignment_momentum=1.5), 3)
+
+
+def test_pseudo_label_recall_and_share_per_class_hand_computed():
+    crit = U2PLPlusCriterion(CriterionConfig(contrastive=False, prototype_denoising=False), num_classes=3)
+    gt = torch.tensor([[[0, 0, 1, 1, 255, 2]]])
+    y_hat = torch.tensor([[[0, 1, 1, 0, 2, 255]]])
+    reliable = torch.tensor([[[True, True, True, False, True, False]]])
+    out = crit._pseudo_label_recall(gt, y_hat, reliable)
+    recall, share = out["per_class/pseudo_label_recall"], out["per_class/pseudo_label_share"]
+    # class 0: 2 true pixels, 1 hit; class 1: 2 true, 1 hit; class 2: 1 true (not reliable), 0 hits
+    assert recall.tolist() == [0.5, 0.5, 0.0]
+    # reliable and known: pseudo-labels 0, 1, 1 -> shares 1/3, 2/3, 0
+    assert torch.allclose(share, torch.tensor([1 / 3, 2 / 3, 0.0]))
