@@ -159,7 +159,7 @@ def test_warmup_from_a_suponly_run_is_the_runs_own_warmup(tmp_path, capsys):
     """A u2pl_plus run whose first 2 steps are L_s only, and the same run taking those 2 steps
     from a SupOnly run's step_2.pt (train.save_at): the same final weights bit for bit."""
     semi = [*DEMO_OVERRIDES, "method.name=u2pl_plus", "data.unlabeled=camvid_demo/unlabeled.txt",
-            "method.queue_size=500"]
+            "method.queue_size=500", "method.sup_only_fraction=0"]  # the warm-up in epochs alone
     own, sup, forked = tmp_path / "own", tmp_path / "sup", tmp_path / "forked"
     warmup = ["method.sup_only_epochs=0.05"]  # 92 unlabeled / 2 per step = 46 steps an epoch: steps 0-2
     assert main(["train", DEMO_CONFIG, *semi, *tiny_overrides(own), *warmup]) == 0
