@@ -73,9 +73,13 @@ def commit() -> str:
         return "unknown"
 
 
-def run_one(config: str, seed: int, extra: list[str], tag: str, runs: Path) -> Path:
-    """Train (or continue) one run; returns its folder."""
+def run_one(config: str, seed: int, extra: list[str], tag: str, runs: Path) -> Path | None:
+    """Train (or continue) one run; returns its folder, or None when it had finished before (its
+    metrics.json exists: it is not trained or recorded again; --record records a folder)."""
     out_dir = runs / f"{Path(config).stem}{tag}_s{seed}"
+    if (out_dir / "metrics.json").exists():
+        print(f"{out_dir} has finished before: skipped (record it with --record)", flush=True)
+        return None
     cmd = [sys.executable, "-m", "u2plus", "train", config, f"seed={seed}", f"out_dir={out_dir}",
            "resume=auto", *extra]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +123,10 @@ def run_record(out_dir: Path) -> dict:
     command_file = out_dir / "bench_command.txt"
     command = command_file.read_text().strip() if command_file.exists() else f"u2plus train {out_dir}/config.yaml"
     wall_file = out_dir / "bench_wall_seconds.txt"
-    wall = float(wall_file.read_text()) if wall_file.exists() else metrics["train_seconds"]
+    # a run that continued from a checkpoint (resumed, or warm-up taken from a SupOnly run): the
+    # training seconds summed over its processes and the warm-up's (older runs: this process's wall)
+    resumed = metrics.get("start_step", 0) > 0
+    wall = float(wall_file.read_text()) if wall_file.exists() and not resumed else metrics["train_seconds"]
     def rounded(r: dict) -> dict:
         return {"mIoU": round(r["mIoU"], 2), "per_class": {k: round(v, 2) for k, v in r.get("per_class", {}).items()
                                                            if v is not None}}
@@ -139,7 +146,8 @@ def run_record(out_dir: Path) -> dict:
         "mIoU": round(metrics["mIoU"], 2), "best_mIoU": round(metrics.get("best_mIoU", metrics["mIoU"]), 2),
         "best_step": metrics.get("best_step", metrics["steps"]), "mAcc": round(metrics["mAcc"], 2),
         "per_class": {k: round(v, 2) for k, v in metrics["per_class"].items()}, "curve": curve,
-        "wall_seconds": round(wall), "seconds_per_step": metrics["seconds_per_step"], "command": command,
+        "wall_seconds": round(wall), "start_step": metrics.get("start_step", 0),
+        "seconds_per_step": metrics["seconds_per_step"], "command": command,
         **({"eval": {k: {"mIoU": round(v["mIoU"], 2), "mAcc": round(v["mAcc"], 2), "images": v["num_images"],
                          "per_class": rounded(v)["per_class"]} for k, v in metrics["eval"].items()}}
            if "eval" in metrics else {}),
@@ -236,8 +244,10 @@ def main() -> None:
     else:
         jobs = [(c, s) for c in args.configs for s in args.seeds]
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            folders = list(pool.map(lambda job: run_one(*job, args.set, args.tag, runs), jobs))
+            folders = [f for f in pool.map(lambda job: run_one(*job, args.set, args.tag, runs), jobs) if f]
     rows = [run_record(f) for f in folders]
+    if not rows:
+        return
     for r in rows:
         print(json.dumps({k: r[k] for k in ("run", "mIoU", "best_mIoU", "best_step", "wall_seconds")}), flush=True)
     section = args.section

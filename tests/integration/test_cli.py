@@ -118,7 +118,8 @@ def test_resume_is_exact(method, tmp_path, monkeypatch):
     assert main(["train", DEMO_CONFIG, *args, *tiny_overrides(full)]) == 0
 
     stop_after_first_checkpoint(monkeypatch, lambda: main(["train", DEMO_CONFIG, *args, *tiny_overrides(cut)]))
-    assert torch.load(cut / "last.pt", weights_only=True)["step"] == 2
+    at_step_2 = torch.load(cut / "last.pt", weights_only=True)
+    assert at_step_2["step"] == 2 and at_step_2["train_seconds"] > 0
     assert main(["train", DEMO_CONFIG, *args, *tiny_overrides(cut), "resume=auto"]) == 0
 
     a = torch.load(full / "last.pt", weights_only=True)
@@ -134,6 +135,11 @@ def test_resume_is_exact(method, tmp_path, monkeypatch):
     curve_a = json.loads((full / "metrics.json").read_text())["curve"]
     curve_b = json.loads((cut / "metrics.json").read_text())["curve"]
     assert [p["step"] for p in curve_a] == [2, 4] and curve_a == curve_b
+    # its training seconds count the first process's too; seconds per step only the resumed process's
+    metrics_b = json.loads((cut / "metrics.json").read_text())
+    assert metrics_b["start_step"] == 2 and json.loads((full / "metrics.json").read_text())["start_step"] == 0
+    resumed_seconds = metrics_b["seconds_per_step"] * 2
+    assert metrics_b["train_seconds"] == pytest.approx(at_step_2["train_seconds"] + resumed_seconds, abs=0.2)
 
 
 def test_init_from_loads_the_evaluated_network_and_rejects_another_model(trained_run, capsys, tmp_path):

@@ -166,7 +166,9 @@ class Run:
     curve: list = field(default_factory=list)  # val mIoU every train.eval_every steps
     evaluated: dict = field(default_factory=dict)  # name -> last result, for each evaluated set
     writer: object = None
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # training seconds of the whole run, over every resume
+    seconds_before: float = 0.0  # of them, those spent before this process's first step (the checkpoint's)
+    loop_started: float = 0.0  # time.time() when this process's steps began
     last_logs: dict = field(default_factory=dict)  # scalars of the last logged step
     stop: StopRequest = field(default_factory=StopRequest)
     skips: SkipCounter = field(default_factory=SkipCounter)
@@ -316,6 +318,7 @@ def _restore(run: Run, state: dict, path: str, key: str) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     run.start_step = int(state["step"])
+    run.seconds_before = float(state.get("train_seconds", 0.0))  # (checkpoints before 2026-12-05: 0)
     run.curve = list(state.get("curve", []))
     run.skips = SkipCounter(*state.get("skipped", (0, 0)))
     per_rank = state.get("rng_per_rank") or [state["rng"]]
@@ -371,7 +374,7 @@ def _checkpoint(run: Run, step: int) -> None:
             "scaler": run.scaler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs, "world_size": run.info.world_size,
             "config": OmegaConf.to_container(run.cfg), "num_classes": run.labeled.num_classes,
             "class_names": run.labeled.class_names, "curve": run.curve,
-            "skipped": [run.skips.total, run.skips.in_a_row],
+            "skipped": [run.skips.total, run.skips.in_a_row], "train_seconds": _seconds_so_far(run),
         }
         save_checkpoint(state, run.out_dir / "last.pt")
         if step in run.cfg.train.save_at:
@@ -450,7 +453,7 @@ def _loop(run: Run) -> None:
     cfg, info = run.cfg, run.info
     loaders = _train_loaders(run)
     run.method.train()
-    t0 = time.time()
+    run.loop_started = time.time()
     bar = tqdm(range(run.start_step, run.max_iters), initial=run.start_step, total=run.max_iters,
                desc=cfg.method.name, dynamic_ncols=True, mininterval=2.0, disable=not info.is_main)
     _stop_if_signalled(run, run.start_step)  # a signal during the set-up
@@ -471,7 +474,13 @@ def _loop(run: Run) -> None:
             _checkpoint(run, done)
         _stop_if_signalled(run, done, stop)
     bar.close()
-    run.train_seconds = time.time() - t0
+    run.train_seconds = _seconds_so_far(run)
+
+
+def _seconds_so_far(run: Run) -> float:
+    """Training seconds of the whole run up to now: those of the checkpoint it continued from (its
+    own, or the SupOnly run that gave its warm-up) plus this process's."""
+    return run.seconds_before + (time.time() - run.loop_started if run.loop_started else 0.0)
 
 
 def _train_step(run: Run, ctx: StepContext, batch_1: dict, batch_2: dict | None) -> tuple[torch.Tensor, dict, bool]:
@@ -574,7 +583,9 @@ def _metrics(run: Run, result: dict) -> dict:
         "aAcc": result["aAcc"], "per_class_acc": result["per_class_acc"], "split": next(iter(run.evaluated)),
         **{k: v for k, v in result.items() if k.startswith("mIoU") and k != "mIoU"},  # class subsets
         "method": run.cfg.method.name, "steps": run.max_iters, "train_seconds": round(run.train_seconds, 1),
-        "seconds_per_step": round(run.train_seconds / max(run.max_iters - run.start_step, 1), 4),
+        # this process's steps (a resumed run: those after its checkpoint)
+        "seconds_per_step": round((run.train_seconds - run.seconds_before) / max(run.max_iters - run.start_step, 1), 4),
+        "start_step": run.start_step,
         "labeled_images": len(sets[0]), "unlabeled_images": len(sets[1]) if len(sets) > 1 else 0,
         "processes": run.info.world_size, "last_train_logs": run.last_logs, "skipped_steps": run.skips.total,
         "curve": curve,
