@@ -227,6 +227,15 @@ class MethodConfig(CriterionConfig, WSCriterionConfig):
     # CutMix of the strong view
     cutmix_prob: float = 0.5
     cutmix_area: list = field(default_factory=lambda: [0.02, 0.4])
+    # beyond the paper (AEL's adaptive copy-paste, Hu et al. 2021), semi-supervised recipes: with
+    # this probability an unlabeled image of the strong view gets the pixels of rare_paste_classes
+    # classes of a labeled image pasted on it after CutMix, their labels taken as reliable
+    # pseudo-labels; the classes are drawn with weight 1 - the teacher's running confidence on
+    # labeled pixels of the class (EMA with rare_paste_momentum), so the classes it gets wrong come
+    # most often. 0: off (the paper's recipe)
+    rare_paste_prob: float = 0.0
+    rare_paste_classes: int = 2
+    rare_paste_momentum: float = 0.99
     # DAFormer (domain-adaptive methods): pseudo-labels weighted by the share of target pixels
     # whose teacher confidence exceeds pseudo_threshold, 0 in the top / bottom rows given here
     pseudo_threshold: float = 0.968
@@ -470,7 +479,8 @@ RANGES = {
     "method.ema_momentum": (0, 1, "[]"), "method.sup_only_epochs": (0, INF, "[)"), "method.cutmix_prob": (0, 1, "[]"),
     "method.cutmix_area": (0, 1, "(]"), "method.alpha0": (0, 1, "[)"), "method.eta": (0, INF, "[)"),
     "method.sce_xi1": (0, INF, "[)"), "method.sce_xi2": (0, INF, "[)"), "method.prototype_momentum": (0, 1, "[]"),
-    "method.alignment_momentum": (0, 1, "[)"),
+    "method.alignment_momentum": (0, 1, "[)"), "method.rare_paste_prob": (0, 1, "[]"),
+    "method.rare_paste_classes": (1, INF, "[)"), "method.rare_paste_momentum": (0, 1, "[)"),
     "method.lambda_c": (0, INF, "[)"), "method.queue_size": (1, INF, "[)"), "method.temperature": (0, INF, "()"),
     "method.num_anchors": (1, INF, "[)"), "method.num_negatives": (1, INF, "[)"), "method.delta_p": (0, 1, "[]"),
     "method.r_l": (1, INF, "[)"), "method.r_h": (1, INF, "[)"),

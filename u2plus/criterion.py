@@ -84,17 +84,27 @@ def resize_nearest(labels: Tensor, size) -> Tensor:
     return out.to(dtype)
 
 
-def _mix(cutmix: tuple[Tensor, Tensor] | None, tensors: tuple[Tensor, ...],
-         sources: tuple[Tensor, ...] | None = None) -> tuple[Tensor, ...]:
-    """``where(box, s[partner], t)`` for each ``[B, ..., H, W]`` tensor ``t`` and its source
-    ``s`` (``t`` itself for CutMix within the unlabeled batch, a labeled images' tensor for
-    ClassMix from the labeled stream), the box resized (nearest) to ``t``'s size; ``tensors``
-    unchanged without mixing."""
+Mix = tuple  # (box [B_u, H, W] bool, partner [B_u] long, from_labeled: bool)
+
+
+def _mixes(cutmix, mix_from_labeled: bool) -> list[Mix]:
+    """The ``cutmix`` argument as a list of ``(box, partner, from_labeled)``, applied in order."""
     if cutmix is None:
-        return tensors
-    box, partner = cutmix
-    return tuple(paste(resize_nearest(box, t.shape[-2:]), partner, t, s)
-                 for t, s in zip(tensors, sources or tensors))
+        return []
+    if isinstance(cutmix, tuple) and len(cutmix) == 2 and isinstance(cutmix[0], Tensor):
+        cutmix = [cutmix]
+    return [(m[0], m[1], m[2] if len(m) > 2 else mix_from_labeled) for m in cutmix]
+
+
+def _mix(mixes: list[Mix], tensors: tuple[Tensor, ...], labeled: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Each mix in turn: ``where(box, s[partner], t)`` for each ``[B, ..., H, W]`` tensor ``t``,
+    whose source ``s`` is ``t`` itself (CutMix within the unlabeled batch) or, for a mix from the
+    labeled stream, the labeled images' tensor in ``labeled`` (DACS's ClassMix, rare-class
+    paste); the box resized (nearest) to ``t``'s size. No mixes: ``tensors`` unchanged."""
+    for box, partner, from_labeled in mixes:
+        tensors = tuple(paste(resize_nearest(box, t.shape[-2:]), partner, t, s)
+                        for t, s in zip(tensors, labeled if from_labeled else tensors))
+    return tensors
 
 
 class U2PLPlusCriterion(nn.Module):
@@ -159,7 +169,7 @@ class U2PLPlusCriterion(nn.Module):
         student_rep_u: Tensor | None = None,
         valid_u: Tensor | None = None,
         progress: float = 0.0,
-        cutmix: tuple[Tensor, Tensor] | None = None,
+        cutmix: tuple[Tensor, Tensor] | list[tuple] | None = None,
         mix_from_labeled: bool = False,
         seed: int = 0,
         unlabeled_labels: Tensor | None = None,
@@ -180,9 +190,11 @@ class U2PLPlusCriterion(nn.Module):
             progress: training progress ``t / T`` in ``[0, 1]`` (Eq. 13).
             cutmix: ``(box [B_u, H, W] bool, partner [B_u] long)`` used to mix the strong
                 images (``where(box, x[partner], x)``); pseudo-labels and teacher outputs are
-                mixed alike. None: no CutMix.
-            mix_from_labeled: the boxes hold pixels of the *labeled* image ``partner[i]``
-                (``partner`` indexes the labeled batch): DACS's ClassMix of source pixels onto
+                mixed alike. None: no CutMix. A list of such mixes, each ``(box, partner)`` or
+                ``(box, partner, from_labeled)``, is applied in its order (CutMix, then a
+                rare-class paste from the labeled batch: ``method.rare_paste_prob``).
+            mix_from_labeled: (each mix's default) the boxes hold pixels of the *labeled* image
+                ``partner[i]`` (``partner`` indexes the labeled batch): DACS's ClassMix of source pixels onto
                 target images in the domain-adaptive setting. There the mixed pseudo-labels are
                 the labels, reliable and valid where not ignored, and the mixed teacher outputs
                 the labeled images'.
@@ -235,8 +247,9 @@ class U2PLPlusCriterion(nn.Module):
             # 3. the strong view's CutMix applied to everything derived from the teacher
             unlabeled_side = (y_hat, reliable, valid_u, t_logits_u)
             labeled_known = labels != ign
+            mixes = _mixes(cutmix, mix_from_labeled)
             y_mix, rel_mix, valid_mix, t_logits_u_mix = _mix(
-                cutmix, unlabeled_side, (labels, labeled_known, labeled_known, t_logits_l) if mix_from_labeled else None)
+                mixes, unlabeled_side, (labels, labeled_known, labeled_known, t_logits_l))
 
         # 4. adaptive SCE (Eq. 4, 14): global counts of reliable and of valid mixed pixels, one collective
         n_reliable, n_valid = comm.sum(torch.stack([(rel_mix & (y_mix != ign)).sum(), valid_mix.sum()])).unbind()
@@ -272,7 +285,7 @@ class U2PLPlusCriterion(nn.Module):
                 unrel_small = ~rel_small & resize_nearest(valid_mix, feat_size)
                 unrel_small = torch.cat([unrel_small.new_zeros((b_l, *unrel_small.shape[1:])), unrel_small])
                 is_labeled = torch.arange(b_l + b_u, device=labels.device) < b_l
-                z_t_u = _mix(cutmix, (teacher_rep_u.detach(),), (teacher_rep_l.detach(),) if mix_from_labeled else None)[0]
+                z_t_u = _mix(mixes, (teacher_rep_u.detach(),), (teacher_rep_l.detach(),))[0]
                 z_t = torch.cat([teacher_rep_l, z_t_u])
                 rank, world = comm.rank, comm.world_size
                 image_ids = torch.cat([rank * b_l + torch.arange(b_l), b_l * world + rank * b_u + torch.arange(b_u)])
@@ -287,8 +300,7 @@ class U2PLPlusCriterion(nn.Module):
                         "per_class/queue_fill": stats["queue_fill"]})
         if unlabeled_labels is not None:  # diagnostics only: never trained on
             with torch.no_grad():
-                gt = _mix(cutmix, (unlabeled_labels.to(y_mix.device),),
-                          (labels,) if mix_from_labeled else None)[0]
+                gt = _mix(mixes, (unlabeled_labels.to(y_mix.device),), (labels,))[0]
                 out["diag/pseudo_label_precision"] = self._pseudo_label_precision(gt, y_mix, rel_mix)
                 out.update(self._pseudo_label_recall(gt, y_mix, rel_mix))
                 if c.contrastive:

@@ -1,5 +1,7 @@
-"""Mixing: CutMix of the strongly augmented unlabeled batch (docs/method.md step 4) and DACS's
-ClassMix of source pixels onto target images (domain-adaptive recipes)."""
+"""Mixing: CutMix of the strongly augmented unlabeled batch (docs/method.md step 4), DACS's
+ClassMix of source pixels onto target images (domain-adaptive recipes), and, beyond the paper,
+a paste of rarely well-predicted classes from labeled images onto unlabeled ones (AEL's adaptive
+copy-paste, Hu et al. 2021: ``method.rare_paste_prob``)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["cutmix_masks", "apply_cutmix", "cutmix_partners", "paste", "class_mix_masks"]
+__all__ = ["cutmix_masks", "apply_cutmix", "cutmix_partners", "paste", "class_mix_masks", "rare_class_paste_masks",
+           "true_class_confidence"]
 
 # Aspect ratio (box width / box height) is log-uniform in [ASPECT_MIN, 1 / ASPECT_MIN].
 ASPECT_MIN = 0.3
@@ -113,3 +116,57 @@ def cutmix_partners(
         return torch.zeros(batch, dtype=torch.long, device=device)
     shift = 1 + torch.floor(_rand(batch, generator, device) * (batch - 1)).long().clamp_max(batch - 2)
     return (torch.arange(batch, device=shift.device) + shift) % batch
+
+
+def rare_class_paste_masks(labels: Tensor, batch: int, class_weights: Tensor, prob: float,
+                           classes_per_image: int = 2, generator: torch.Generator | None = None,
+                           ignore_index: int = 255) -> tuple[Tensor, Tensor]:
+    """Which labeled pixels to paste onto each of ``batch`` unlabeled images (beyond the paper,
+    after AEL's adaptive copy-paste): with probability ``prob`` an image gets a labeled partner,
+    drawn uniformly from the labeled batch, and the pixels of ``classes_per_image`` of the classes
+    present in the partner's labels (all of them if fewer), drawn without replacement with
+    probability proportional to ``class_weights`` (Efraimidis-Spirakis keys ``u ** (1 / w)``);
+    ``1 - confidence`` weights favour the classes the teacher gets wrong.
+
+    Args:
+        labels: ``[B_l, H, W]`` labels of the labeled batch (``ignore_index`` is not a class).
+        class_weights: ``[C]`` non-negative weights (a class of weight 0 is drawn only when
+            every other present class is drawn already).
+
+    Returns:
+        ``(mask [batch, H, W] bool, partner [batch] long)``: image ``i`` takes the pixels of
+        labeled image ``partner[i]`` where ``mask[i]`` (all False without a paste).
+    """
+    b_l, dev, c = labels.shape[0], labels.device, class_weights.numel()
+    u = _rand(2 * batch, generator, dev).view(2, batch)
+    has_paste = u[0] < prob
+    partner = torch.floor(u[1] * b_l).long().clamp(0, b_l - 1)
+    source = labels[partner]
+    valid = source != ignore_index
+    index = torch.where(valid, source, c).long().flatten(1)  # ignored pixels: an extra column c
+    present = torch.zeros(batch, c + 1, dtype=torch.bool, device=dev).scatter_(1, index, True)[:, :c]
+    # log of the key u ** (1 / w): the largest keys are a weighted draw without replacement
+    w = class_weights.to(device=dev, dtype=torch.float32).clamp_min(1e-6)
+    log_key = _rand(batch * c, generator, dev).view(batch, c).clamp_min(1e-12).log() / w
+    log_key = torch.where(present, log_key, torch.full_like(log_key, -math.inf))
+    rank = log_key.argsort(1, descending=True).argsort(1)
+    chosen = present & (rank < classes_per_image) & has_paste[:, None]
+    mask = torch.cat([chosen, chosen.new_zeros(batch, 1)], 1).gather(1, index).view_as(source)
+    return mask, partner
+
+
+def true_class_confidence(logits: Tensor, labels: Tensor, num_classes: int,
+                          ignore_index: int = 255) -> tuple[Tensor, Tensor]:
+    """``(sums [C], counts [C])``: over the labeled pixels of each class, the sum of the softmax
+    probability of that (true) class and the pixel count, at the logits' resolution (labels
+    resized nearest): the per-class confidence ``sums / counts`` of AEL's confidence bank."""
+    labels = labels[:, None].float()
+    if tuple(labels.shape[-2:]) != tuple(logits.shape[-2:]):
+        labels = torch.nn.functional.interpolate(labels, size=tuple(logits.shape[-2:]), mode="nearest")
+    labels = labels[:, 0].long()
+    valid = labels != ignore_index
+    prob = logits.float().softmax(1)
+    p_true = prob.gather(1, labels.clamp(0, num_classes - 1)[:, None])[:, 0]
+    cls = labels[valid]
+    sums = torch.zeros(num_classes, device=logits.device).index_add_(0, cls, p_true[valid])
+    return sums, torch.bincount(cls, minlength=num_classes).float()

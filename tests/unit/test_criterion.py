@@ -84,6 +84,42 @@ def test_cutmix_mixes_pseudo_labels_and_validity_like_the_images():
     assert float(out["loss_unsup"]) == pytest.approx((2 * ce_flat + ce_sure + ce_flat) / 4, rel=1e-5)
 
 
+def test_a_paste_from_the_labeled_batch_after_cutmix_takes_the_labels():
+    """``cutmix`` as a list: the CutMix of the previous test, then pixel 0 of each unlabeled
+    image taken from labeled image 0 (a rare-class paste): there the pseudo-label is that image's
+    label (0), reliable, whatever the teacher said of the unlabeled pixel."""
+    teacher_u = logits_of([[[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]],
+                           [[0.05, 0.95]] * 4])
+    student_u = torch.zeros(2, 2, 1, 4)
+    box = torch.tensor([[[False, False, True, True]], [[False, False, False, False]]])
+    pasted = torch.tensor([[[True, False, False, False]]] * 2)
+    cfg = CriterionConfig(alpha0=0.0, dynamic_partition=False, **SELFTRAIN)
+    seen = {}
+
+    def run(cutmix):
+        import u2plus.criterion as module
+        real = module.adaptive_unsupervised_loss
+
+        def spy(logits, pseudo_label, reliable, *args, **kwargs):
+            seen["label"], seen["reliable"] = pseudo_label.clone(), reliable.clone()
+            return real(logits, pseudo_label, reliable, *args, **kwargs)
+
+        module.adaptive_unsupervised_loss = spy
+        try:
+            U2PLPlusCriterion(cfg, 2, rep_dim=4)(labels=LABELS, teacher_logits_l=TEACHER_L, teacher_logits_u=teacher_u,
+                                                  student_logits_u=student_u, cutmix=cutmix)
+        finally:
+            module.adaptive_unsupervised_loss = real
+        return seen["label"], seen["reliable"]
+
+    one_label, one_rel = run((box, torch.tensor([1, 0])))
+    listed_label, listed_rel = run([(box, torch.tensor([1, 0]))])  # a list of one mix: the same
+    assert torch.equal(one_label, listed_label) and torch.equal(one_rel, listed_rel)
+    label, rel = run([(box, torch.tensor([1, 0])), (pasted, torch.tensor([0, 0]), True)])
+    assert label[:, 0, 0].tolist() == [0, 0] and bool(rel[:, 0, 0].all())  # LABELS[0] at pixel 0 is 0
+    assert torch.equal(label[:, :, 1:], one_label[:, :, 1:]) and torch.equal(rel[:, :, 1:], one_rel[:, :, 1:])
+
+
 def test_state_dict_holds_prototypes_queues_and_steps_and_the_terms_are_finite():
     torch.manual_seed(0)
     cfg = CriterionConfig(num_anchors=8, num_negatives=4, queue_size=16, delta_p=0.0)

@@ -1,5 +1,7 @@
 """Eq. 2 (EMA teacher) and CutMix (docs/method.md, step 4)."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -144,3 +146,33 @@ def test_cutmix_partners_of_a_single_image_leave_it_unchanged():
     assert partner.tolist() == [0]
     x = torch.randn(1, 3, 4, 4)
     assert torch.equal(apply_cutmix(torch.ones(1, 4, 4, dtype=torch.bool), partner, x)[0], x)
+
+
+def test_rare_class_paste_draws_classes_by_weight_from_a_labeled_partner():
+    from u2plus.mixing import rare_class_paste_masks
+
+    labels = torch.tensor([[[0, 0, 1, 1, 2, 2, 255, 255]]])  # one labeled image, classes 0-2
+    weights = torch.tensor([0.0, 1.0, 3.0])
+    draws = [rare_class_paste_masks(labels, 2, weights, 1.0, 1, torch.Generator().manual_seed(s)) for s in range(400)]
+    picked = torch.stack([labels[0, 0][m[i, 0]].unique() for m, _ in draws for i in range(2)])  # one class each
+    share_2 = float((picked == 2).float().mean())
+    assert share_2 == pytest.approx(0.75, abs=0.05) and not bool((picked == 0).any())  # weight 0: never first
+    mask, partner = draws[0]
+    assert partner.tolist() == [0, 0] and not bool(mask[:, 0, 6:].any())  # ignored pixels are never pasted
+    # more classes asked than present: all present ones; prob 0: nothing
+    every, _ = rare_class_paste_masks(labels, 1, weights, 1.0, 5, torch.Generator().manual_seed(0))
+    assert every[0, 0].tolist() == [True] * 6 + [False] * 2
+    none, _ = rare_class_paste_masks(labels, 3, weights, 0.0, 2, torch.Generator().manual_seed(0))
+    assert not bool(none.any())
+
+
+def test_true_class_confidence_by_hand():
+    from u2plus.mixing import true_class_confidence
+
+    # 1 x 2 logits, labels at twice the resolution (nearest: pixels 0 and 2 count)
+    logits = torch.tensor([[[[0.0, 2.0]], [[0.0, 0.0]]]])  # pixel 0: p = (0.5, 0.5); pixel 1: p0 = e^2/(e^2+1)
+    labels = torch.tensor([[[1, 255, 0, 0]]])
+    sums, counts = true_class_confidence(logits, labels, 2)
+    p0 = math.exp(2) / (math.exp(2) + 1)
+    assert counts.tolist() == [1.0, 1.0]
+    assert sums.tolist() == pytest.approx([p0, 0.5])

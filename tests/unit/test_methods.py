@@ -250,3 +250,63 @@ def test_frozen_batchnorm_keeps_running_statistics(key, decoder_frozen):
     dec_same = [torch.equal(a, m.running_mean) for a, m in zip(before_dec, dec)]
     assert all(dec_same) if decoder_frozen else not any(dec_same)
     assert all(not m.training for m in enc) and all(m.training != decoder_frozen for m in dec)
+
+
+def test_rare_class_paste_puts_labeled_pixels_and_labels_on_the_strong_view(monkeypatch):
+    """``method.rare_paste_prob=1``: every unlabeled image gets labeled pixels pasted after CutMix;
+    the student sees those pixels of the labeled image and L_u takes their labels there, as
+    reliable pseudo-labels; the confidence bank holds the teacher's confidence per class."""
+    import u2plus.criterion as u2pl_module
+    import u2plus.methods.semi_supervised as ss_module
+
+    seen = {}
+    real_loss, real_mask = u2pl_module.adaptive_unsupervised_loss, ss_module.rare_class_paste_masks
+
+    def loss_spy(logits, pseudo_label, reliable, *args, **kwargs):
+        seen["label"], seen["reliable"] = pseudo_label, reliable
+        return real_loss(logits, pseudo_label, reliable, *args, **kwargs)
+
+    def mask_spy(*args, **kwargs):
+        seen["mask"], seen["partner"] = real_mask(*args, **kwargs)
+        seen["weights"] = args[2]
+        return seen["mask"], seen["partner"]
+
+    monkeypatch.setattr(u2pl_module, "adaptive_unsupervised_loss", loss_spy)
+    monkeypatch.setattr(ss_module, "rare_class_paste_masks", mask_spy)
+    method = make_method("u2pl_plus", "method.cutmix_prob=0.0", "method.rare_paste_prob=1.0",
+                         "method.rare_paste_classes=1")
+    method.train()
+    inputs = {}
+    real_forward = method.student_forward
+    monkeypatch.setattr(method, "student_forward", lambda x, **kw: inputs.setdefault("x", x) is not None
+                        and real_forward(x, **kw))
+    labeled, unlabeled = batches(0)
+    _, logs = method.training_step(labeled, unlabeled, StepContext(0, 10, 5))
+    mask, partner = seen["mask"], seen["partner"]
+    assert bool(mask.any(dim=(1, 2)).all())  # each image got one class of its partner
+    for i in range(2):
+        src = labeled["mask"][partner[i]]
+        assert len(set(src[mask[i]].tolist())) == 1 and 255 not in src[mask[i]].tolist()
+        x_u = inputs["x"][2 + i]  # the student's batch: labeled, then the mixed strong view
+        assert torch.equal(x_u[:, mask[i]], labeled["image"][partner[i]][:, mask[i]])
+        assert torch.equal(x_u[:, ~mask[i]], unlabeled["image_strong"][i][:, ~mask[i]])
+        assert torch.equal(seen["label"][i][mask[i]], src[mask[i]]) and bool(seen["reliable"][i][mask[i]].all())
+    # the bank after its first step: the teacher's mean probability of the true class on the
+    # labeled pixels of each class (labels taken at the logits' resolution)
+    with torch.no_grad():
+        logits = method.teacher(torch.cat([labeled["image"], unlabeled["image"]]))["logits"][:2]
+    small = labeled["mask"][:, ::32 // logits.shape[-2], ::32 // logits.shape[-1]]
+    prob = logits.softmax(1)
+    for c in range(NUM_CLASSES):
+        p_c = prob[:, c][small == c]
+        assert float(method.class_confidence[c]) == pytest.approx(float(p_c.mean()), rel=1e-5), c
+    assert bool(method.class_confidence_seen.all())
+    assert torch.all(seen["weights"] == 1 - method.class_confidence)
+    assert 0 < float(logs["paste_fraction"]) < 1 and "class_confidence" in method.state_dict()
+
+
+def test_rare_class_paste_is_off_by_default_and_leaves_the_state_alone():
+    method = make_method("u2pl_plus")
+    assert "class_confidence" not in method.state_dict()
+    (_, logs), = run_steps(method, steps=1)
+    assert "paste_fraction" not in logs

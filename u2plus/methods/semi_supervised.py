@@ -1,7 +1,9 @@
 """Semi-supervised recipe (paper Sec. 3, docs/method.md, steps 1-11): a mean teacher, CutMix of the strong
 view and the U2PL+ criterion. ``selftrain`` (the paper's CutMix baseline), ``u2pl`` (conference
 version) and ``u2pl_plus`` are this recipe with the criterion's switches of their presets
-(``METHOD_PRESETS`` in :mod:`u2plus.config`)."""
+(``METHOD_PRESETS`` in :mod:`u2plus.config`). Beyond the paper, ``method.rare_paste_prob`` pastes
+the classes the teacher gets wrong from labeled images onto the strong view (AEL's adaptive
+copy-paste)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 from ..criterion import CriterionConfig, U2PLPlusCriterion
 from ..errors import ConfigError
 from .base import StepContext
-from ..mixing import apply_cutmix, cutmix_masks, cutmix_partners
+from ..mixing import apply_cutmix, cutmix_masks, cutmix_partners, paste, rare_class_paste_masks, true_class_confidence
 from .mean_teacher import MeanTeacher
 
 
@@ -37,6 +39,10 @@ class SemiSupervised(MeanTeacher):
     def __init__(self, cfg, student):
         super().__init__(cfg, student)
         self.criterion = build_criterion(cfg, student, self.ignore_index)
+        if cfg.method.rare_paste_prob > 0:
+            # AEL's confidence bank: the teacher's running confidence on labeled pixels of each class
+            self.register_buffer("class_confidence", torch.zeros(student.num_classes))
+            self.register_buffer("class_confidence_seen", torch.zeros(student.num_classes, dtype=torch.bool))
 
     @property
     def loss_terms(self) -> tuple[str, ...]:
@@ -60,6 +66,11 @@ class SemiSupervised(MeanTeacher):
             box = cutmix_masks(b_u, *y_l.shape[-2:], m.cutmix_prob, tuple(m.cutmix_area), gen, x_u.device)
             partner = cutmix_partners(b_u, gen)
             x_mix = apply_cutmix(box, partner, x_strong)[0]
+            mixes = [(box, partner, False)]
+            if m.rare_paste_prob > 0:  # then labeled pixels of the classes the teacher gets wrong
+                paste_mask, paste_partner = self.rare_class_paste(teacher["logits"][:b_l], y_l, b_u, gen)
+                x_mix = paste(paste_mask, paste_partner, x_mix, x_l)
+                mixes.append((paste_mask, paste_partner, True))
         student = self.student_forward(torch.cat([x_l, x_mix]), with_rep=crit.needs_student_rep)
         loss_sup = self.supervised_loss(student["logits"][:b_l], y_l)
         t_rep, s_rep = teacher.get("rep"), student.get("rep")
@@ -68,7 +79,27 @@ class SemiSupervised(MeanTeacher):
             student_logits_u=student["logits"][b_l:],
             teacher_rep_l=None if t_rep is None else t_rep[:b_l], teacher_rep_u=None if t_rep is None else t_rep[b_l:],
             student_rep_l=None if s_rep is None else s_rep[:b_l], student_rep_u=None if s_rep is None else s_rep[b_l:],
-            valid_u=unlabeled.get("valid"), progress=ctx.progress, cutmix=(box, partner),
+            valid_u=unlabeled.get("valid"), progress=ctx.progress, cutmix=mixes,
             seed=self.step_seed(ctx.step), unlabeled_labels=unlabeled.get("mask"))
         logs = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items() if k != "loss"}
+        if m.rare_paste_prob > 0:
+            logs.update({"paste_fraction": paste_mask.float().mean(), "per_class/confidence": self.class_confidence.clone()})
         return loss_sup + out["loss"], {"loss_sup": loss_sup.detach(), **logs}
+
+    @torch.no_grad()
+    def rare_class_paste(self, teacher_logits_l: torch.Tensor, labels: torch.Tensor, batch_u: int,
+                         gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mask, partner)`` of the rare-class paste (``method.rare_paste_prob``): the confidence
+        bank takes this step's teacher confidence on the labeled pixels of each class (summed over
+        processes; the first value of a class as it is, then an EMA), and the pasted classes are
+        drawn with weight ``1 - confidence``."""
+        m = self.cfg.method
+        sums, counts = true_class_confidence(teacher_logits_l, labels, self.student.num_classes, self.ignore_index)
+        sums, counts = self.comm.sum(torch.stack([sums, counts])).unbind()
+        seen = counts > 0
+        momentum = torch.where(self.class_confidence_seen, m.rare_paste_momentum, 0.0)
+        updated = momentum * self.class_confidence + (1 - momentum) * sums / counts.clamp_min(1)
+        self.class_confidence.copy_(torch.where(seen, updated, self.class_confidence))
+        self.class_confidence_seen |= seen
+        return rare_class_paste_masks(labels, batch_u, 1 - self.class_confidence, m.rare_paste_prob,
+                                      m.rare_paste_classes, gen, self.ignore_index)
