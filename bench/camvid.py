@@ -21,8 +21,9 @@ standard deviation over seeds of each config and its mean per-class IoU on dusk:
 
     python bench/camvid.py configs/camvid_dusk/{source_only,daformer,daformer_u2pl_plus}.yaml \
         --seeds 0 1 2 --set train.num_threads=1 data.num_workers=1 --parallel 2 --note "CamVid day -> dusk"
-``--parallel N`` runs N trainings at once (with train.num_threads=1 and N=2 on a 2-core machine:
-faster in total than one 2-thread run after another). ``bench/plot_curves.py`` draws the curves.
+``--parallel N`` runs N trainings at once. On the 2-core machine one 2-thread run after another is
+faster in total (SupOnly 1/8: 1.1 s/step alone at two threads, 2.9 s/step at one thread beside
+another training); ``bench/camvid_protocol.sh`` queues them so. ``bench/plot_curves.py`` draws the curves.
 """
 
 from __future__ import annotations
