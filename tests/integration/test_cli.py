@@ -106,6 +106,32 @@ def test_splits_command(tmp_path, capsys):
     assert (tmp_path / "unlabeled.txt").read_text() == (shipped / "unlabeled.txt").read_text()
 
 
+
+def test_a_run_killed_in_its_final_evaluation_resumes_at_the_evaluation(tmp_path, monkeypatch):
+    """The trained weights are on disk before the final evaluation: a run that dies in it
+    continues with resume=auto at that evaluation (no step trained twice) and ends as it would."""
+    import u2plus.engine.trainer as trainer
+
+    class Killed(BaseException):  # as SIGKILL: nothing of the run's own runs after it
+        pass
+
+    real_evaluate = trainer._evaluate
+
+    def dies_in_final(run, step, final=False):
+        if final:
+            raise Killed
+        return real_evaluate(run, step, final)
+
+    monkeypatch.setattr(trainer, "_evaluate", dies_in_final)
+    with pytest.raises(Killed):
+        main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, *tiny_overrides(tmp_path)])
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 4
+    assert not (tmp_path / "metrics.json").exists()
+    monkeypatch.setattr(trainer, "_evaluate", real_evaluate)
+    assert main(["train", DEMO_CONFIG, *DEMO_OVERRIDES, *tiny_overrides(tmp_path), "resume=auto"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["start_step"] == 4 and metrics["steps"] == 4 and [p["step"] for p in metrics["curve"]] == [4]
+
 @pytest.mark.parametrize("method", ["suponly", "u2pl_plus"])
 def test_resume_is_exact(method, tmp_path, monkeypatch):
     """Stop a run right after its step-2 checkpoint, resume it: the final weights (student,

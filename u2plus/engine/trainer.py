@@ -553,8 +553,12 @@ def _agree(run: Run, *flags: bool) -> list[bool]:
 
 
 def _finish(run: Run) -> dict:
-    """Final evaluation (before the final checkpoint, which keeps the whole curve), metrics.json."""
+    """Final evaluation, the final checkpoint (with the whole curve), metrics.json. The trained
+    weights are written before the evaluation too: a run killed during a long one (multi-scale,
+    dense CRF) continues with ``resume=auto`` at the evaluation, without training again."""
     _stop_if_signalled(run, run.max_iters)  # before an evaluation that may outlast a grace period
+    if run.checkpoint_step != run.max_iters:
+        _checkpoint(run, run.max_iters)
     result = _evaluate(run, run.max_iters, final=True)
     _checkpoint(run, run.max_iters)
     if not run.info.is_main:
