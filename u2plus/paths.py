@@ -21,7 +21,7 @@ PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # the folder that holds th
 
 # datasets with `u2plus data prepare|check` (the keys of u2plus.data.prepare.SOURCES; kept here so
 # that the command line need not import the dataset modules)
-PREPARABLE = ("camvid", "voc", "cityscapes", "ccp")
+PREPARABLE = ("camvid", "voc", "cityscapes", "gta5", "synthia", "ccp")
 # data.dataset -> the name a user reads
 DISPLAY_NAMES = {"camvid": "CamVid", "voc": "PASCAL VOC 2012", "cityscapes": "Cityscapes", "gta5": "GTA5",
                  "synthia": "SYNTHIA", "ccp": "Clothing Co-Parsing"}

@@ -349,6 +349,148 @@ def test_check_cli_one_summary_line_or_every_problem(tiny_sources, tmp_path, cap
     assert captured.err.startswith(f"error: CamVid at {root}: 1 problem(s)")
 
 
+# -- GTA5 and SYNTHIA: manual sources, counts made small --------------------------------------
+def small_counts(monkeypatch, name: str, n: int) -> None:
+    """SOURCES[name] with every archive count and published pair count set to ``n``."""
+    src = prepare.SOURCES[name]
+    monkeypatch.setitem(prepare.SOURCES, name, dataclasses.replace(
+        src, archives=tuple(dataclasses.replace(a, expect={k: n for k in a.expect}) for a in src.archives),
+        splits=tuple(dataclasses.replace(s, pairs=n) for s in src.splits)))
+
+
+def gta5_parts(root: Path, skip: tuple = ()) -> None:
+    """The 20 parts, frame NN in part NN; frame 3's label map is 9x7, its image 8x6 (as 60 published frames)."""
+    for i in range(1, 11):
+        if f"{i:02d}_images.zip" not in skip:
+            (root / f"{i:02d}_images.zip").write_bytes(zip_bytes({f"images/{i:05d}.png": rgb_png(seed=i)}))
+        if f"{i:02d}_labels.zip" not in skip:
+            label = label_png([7, 26, 0, 33], *((9, 7) if i == 3 else (8, 6)))
+            (root / f"{i:02d}_labels.zip").write_bytes(zip_bytes({f"labels/{i:05d}.png": label}))
+
+
+def test_prepare_gta5_names_the_missing_parts_then_unpacks_all_twenty(monkeypatch, tmp_path, capsys):
+    small_counts(monkeypatch, "gta5", 10)
+    root = tmp_path / "gta5"
+    with pytest.raises(DataError) as e:
+        prepare.prepare("gta5", root)
+    parts = ", ".join(f"{i:02d}_{k}.zip" for i in range(1, 11) for k in ("images", "labels"))
+    assert str(e.value).startswith(f"GTA5 needs {parts} in {root}: download the 20 parts") and "\n" not in str(e.value)
+    gta5_parts(root, skip=("07_labels.zip",))
+    with pytest.raises(DataError, match=rf"^GTA5 needs 07_labels\.zip in {root}: download"):
+        prepare.prepare("gta5", root)
+    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".zip")) == []  # nothing unpacked
+    gta5_parts(root)
+    summary = prepare.prepare("gta5", root)
+    assert summary == f"GTA5 at {root}: ok: train 10 image/mask pairs; label values of 10 masks read"
+    assert "1 label map(s) resized" in capsys.readouterr().out
+    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".zip")) == ["images", "labels"]
+    with Image.open(root / "labels/00003.png") as im:
+        assert im.size == (8, 6) and np.asarray(im).flat[:4].tolist() == [7, 26, 0, 33]
+    assert check("gta5", root) == (summary, [])
+    assert main(["data", "check", "gta5", "--root", str(root)]) == 0
+    capsys.readouterr()
+    assert prepare.prepare("gta5", root) == summary
+    assert capsys.readouterr().out.startswith("01_images.zip .. 10_labels.zip: already unpacked")
+
+
+def test_gta5_parts_with_a_wrong_total_are_a_clear_error_and_nothing_moves(monkeypatch, tmp_path):
+    small_counts(monkeypatch, "gta5", 10)
+    root = tmp_path / "gta5"
+    root.mkdir()
+    gta5_parts(root)
+    (root / "02_images.zip").write_bytes((root / "01_images.zip").read_bytes())  # a part twice, one missing
+    with pytest.raises(DataError, match=r"archives 01_images\.zip \.\. 10_labels\.zip hold 9 files images/\?{5}\.png "
+                       r"\(expected 10\) together \(files taken from each: 01_images\.zip 1, 01_labels\.zip 1, "
+                       r".*\): one is incomplete or not the published archive"):
+        prepare.prepare("gta5", root)
+    assert sorted(p.name for p in root.iterdir()) == sorted(prepare.GTA5_PARTS)  # no archive removed, none unpacked
+
+
+def test_gta5_and_synthia_counts_are_the_published_ones():
+    """GTA5: 24,966 frames in 20 parts, counted together; SYNTHIA-RAND-CITYSCAPES: 9,400 frames."""
+    for name, pattern_counts, pairs in (("gta5", {"images/?????.png": 24966, "labels/?????.png": 24966}, 24966),
+                                        ("synthia", {"RGB/???????.png": 9400, "GT/LABELS/???????.png": 9400}, 9400)):
+        (archive,), (split,) = prepare.SOURCES[name].archives, prepare.SOURCES[name].splits
+        assert archive.expect == pattern_counts and (split.split, split.pairs) == ("train", pairs)
+    assert (prepare.SOURCES["gta5"].archives[0].file,) + prepare.SOURCES["gta5"].archives[0].parts == tuple(
+        f"{i:02d}_{k}.zip" for i in range(1, 11) for k in ("images", "labels"))
+
+
+def synthia_extracted(root: Path, n: int = 3, sep: str = "/") -> None:
+    """What extracting SYNTHIA_RAND_CITYSCAPES.rar leaves (``sep`` "\\": files named with Windows separators)."""
+    files = {}
+    for i in range(n):
+        files[f"RAND_CITYSCAPES/RGB/{i:07d}.png"] = rgb_png(seed=i)
+        files[f"RAND_CITYSCAPES/GT/LABELS/{i:07d}.png"] = label_png([3, 8, 0])
+        files[f"RAND_CITYSCAPES/GT/COLOR/{i:07d}.png"] = rgb_png(seed=i)
+        files[f"RAND_CITYSCAPES/Depth/{i:07d}.png"] = label_png([1])
+    if sep == "/":
+        write_tree(root, files)
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        for rel, data in files.items():
+            (root / rel.replace("/", sep)).write_bytes(data)
+
+
+@pytest.mark.parametrize("sep", ["/", "\\"])
+def test_prepare_synthia_says_how_to_extract_then_moves_the_extracted_files(monkeypatch, tmp_path, capsys, sep):
+    small_counts(monkeypatch, "synthia", 3)
+    root = tmp_path / "synthia"
+    with pytest.raises(DataError) as e:
+        prepare.prepare("synthia", root)
+    assert str(e.value).startswith(f"SYNTHIA needs RAND_CITYSCAPES/ (extracted from SYNTHIA_RAND_CITYSCAPES.rar) in "
+                                   f"{root}: download SYNTHIA_RAND_CITYSCAPES.rar") and "\n" not in str(e.value)
+    assert "`unrar x SYNTHIA_RAND_CITYSCAPES.rar`" in str(e.value)
+    (root / "SYNTHIA_RAND_CITYSCAPES.rar").write_bytes(b"Rar!")
+    with pytest.raises(DataError, match=r"needs RAND_CITYSCAPES/ \(extract SYNTHIA_RAND_CITYSCAPES\.rar, "
+                       r"which is there\)"):
+        prepare.prepare("synthia", root)
+    synthia_extracted(root, sep=sep)
+    summary = prepare.prepare("synthia", root)
+    assert summary == f"SYNTHIA at {root}: ok: train 3 image/mask pairs; label values of 3 masks read"
+    frames = ["0000000.png", "0000001.png", "0000002.png"]
+    assert [sorted(p.name for p in (root / d).iterdir()) for d in ("RGB", "GT/LABELS")] == [frames, frames]
+    left = {p.relative_to(root).as_posix().replace("\\", "/") for p in root.rglob("*") if p.is_file()}
+    # moved: RGB and GT/LABELS; left: the .rar (folder ""), the colour labels and depth
+    assert {f.rpartition("/")[0] for f in left} == {"", "RGB", "GT/LABELS", "RAND_CITYSCAPES/GT/COLOR",
+                                                    "RAND_CITYSCAPES/Depth"}
+    assert not (root / "RAND_CITYSCAPES/RGB").exists()  # the folders the move emptied are gone
+    assert check("synthia", root) == (summary, [])
+    capsys.readouterr()
+    assert prepare.prepare("synthia", root) == summary
+    assert "SYNTHIA_RAND_CITYSCAPES.rar: already unpacked" in capsys.readouterr().out
+
+
+def test_synthia_incomplete_extraction_moves_nothing_and_a_half_move_never_looks_complete(monkeypatch, tmp_path):
+    small_counts(monkeypatch, "synthia", 3)
+    root = tmp_path / "synthia"
+    synthia_extracted(root)
+    (root / "RAND_CITYSCAPES/GT/LABELS/0000002.png").unlink()
+    with pytest.raises(DataError, match=r"RAND_CITYSCAPES with what is already in .* gives 2 files GT/LABELS/\?{7}\.png "
+                       r"\(expected 3\): not extracted completely.*nothing was moved"):
+        prepare.prepare("synthia", root)
+    assert not (root / "RGB").exists() and len(list(root.glob("RAND_CITYSCAPES/RGB/*.png"))) == 3
+    # a move interrupted half-way: counts do not hold, check does not pass, a rerun moves the rest
+    synthia_extracted(root)
+    (root / "RGB").mkdir()
+    (root / "RAND_CITYSCAPES/RGB/0000000.png").replace(root / "RGB/0000000.png")
+    (root / "GT/LABELS").mkdir(parents=True)
+    (root / "RAND_CITYSCAPES/GT/LABELS/0000000.png").replace(root / "GT/LABELS/0000000.png")
+    summary, problems = check("synthia", root)
+    assert problems == [f"train: 1 image/mask pairs in {root}, the published split has 3"]
+    assert prepare.prepare("synthia", root).startswith(f"SYNTHIA at {root}: ok: train 3 image/mask pairs")
+
+
+def test_synthia_already_in_place_is_accepted_beside_a_converters_files(monkeypatch, tmp_path, capsys):
+    """The layout DAFormer's instructions give, with its *_labelTrainIds.png beside the labels."""
+    small_counts(monkeypatch, "synthia", 2)
+    root = write_tree(tmp_path / "synthia", {**{f"RGB/000000{i}.png": rgb_png(seed=i) for i in range(2)},
+                                             **{f"GT/LABELS/000000{i}.png": label_png([3]) for i in range(2)},
+                                             "GT/LABELS/0000000_labelTrainIds.png": label_png([0])})
+    assert prepare.prepare("synthia", root).startswith(f"SYNTHIA at {root}: ok: train 2 image/mask pairs")
+    assert "already unpacked" in capsys.readouterr().out
+
+
 # -- the data directory ---------------------------------------------------------------------
 def test_missing_dataset_is_one_line_naming_dataset_path_and_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(paths.ENV, str(tmp_path / "nowhere"))
@@ -360,8 +502,10 @@ def test_missing_dataset_is_one_line_naming_dataset_path_and_command(tmp_path, m
     with pytest.raises(DataError, match=f"PASCAL VOC 2012 not found at {tmp_path}/nowhere/voc: prepare it with "
                        "`u2plus data prepare voc`"):
         build_dataset(OmegaConf.structured(DataConfig(dataset="voc", root="voc", num_classes=21)), "val")
-    with pytest.raises(DataError, match="GTA5 not found at .*see docs/datasets.md"):
+    with pytest.raises(DataError, match=f"GTA5 not found at {tmp_path}/nowhere/gta5: prepare it with "
+                       "`u2plus data prepare gta5`"):
         build_dataset(OmegaConf.structured(DataConfig(dataset="gta5", root="gta5", num_classes=19)), "train")
+    assert "see docs/datasets.md" in str(paths.missing_dataset("folder", tmp_path / "x"))  # no prepare for it
 
 
 def test_root_resolution_rule(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
 A download writes ``NAME.part`` and continues it with an HTTP Range request when run again; only
 a verified file gets its final name, so a file under its final name is complete. A checksum or
 size that does not match removes the file and raises a DataError. An archive is unpacked into a
-hidden folder beside its destination and moved into place once every expected file is there.
+hidden folder beside its destination and moved into place once every expected file is there; a
+folder the user extracted by hand (RAR) is moved into place only once its file counts hold.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import tarfile
 import zipfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Optional
+from pathlib import Path, PurePosixPath
+from typing import Callable, Optional, Sequence
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
@@ -122,21 +123,31 @@ def corrupt_archive(archive: Path, error: Exception) -> DataError:
 
 
 def unpack(archive: Path, dest: Path, select: Callable[[str], Optional[str]],
-           expect: dict[str, int], convert: Optional[Callable[[Path], None]] = None) -> None:
+           expect: dict[str, int], convert: Optional[Callable[[Path], None]] = None,
+           parts: Sequence[Path] = ()) -> None:
     """Extract the members (of a .zip, else a possibly compressed .tar) ``select`` maps to a relative path (None: skipped) into ``dest``.
 
     Everything is written into a hidden staging folder first; ``expect`` (glob pattern ->
     number of files) is checked there, ``convert`` runs there, and only then do the top-level
     folders move into ``dest`` (replacing older copies). A corrupt archive, or one whose counts
     are off, is removed with a DataError; the staging folder never survives a failure.
+
+    ``parts``: more archives of a dataset published in parts, extracted into the same staging
+    folder; ``expect`` counts what they all yield together. Counts that are off then remove no
+    archive (which one is short cannot be known): the error lists what each one yielded.
     """
     stage = dest / f".staging-{archive.name}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     try:
-        _extract(archive, stage, select)
+        yielded = {a.name: _extract(a, stage, select) for a in (archive, *parts)}
         counts = {pattern: sum(1 for _ in stage.glob(pattern)) for pattern in expect}
         wrong = [f"{counts[p]} files {p} (expected {n})" for p, n in expect.items() if counts[p] != n]
+        if wrong and parts:
+            each = ", ".join(f"{name} {n}" for name, n in yielded.items())
+            raise DataError(f"archives {archive.name} .. {parts[-1].name} hold {', '.join(wrong)} together "
+                            f"(files taken from each: {each}): one is incomplete or not the published "
+                            "archive; download it again (nothing was removed or moved into place)")
         if wrong:
             archive.unlink()
             raise DataError(f"archive {archive} holds {', '.join(wrong)}: incomplete or not the published "
@@ -154,17 +165,19 @@ def unpack(archive: Path, dest: Path, select: Callable[[str], Optional[str]],
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _extract(archive: Path, stage: Path, select: Callable[[str], Optional[str]]) -> None:
+def _extract(archive: Path, stage: Path, select: Callable[[str], Optional[str]]) -> int:
+    """The members ``select`` maps, written under ``stage``; returns how many."""
     try:
         if archive.suffix == ".zip":
             with zipfile.ZipFile(archive) as z:
                 infos = [(i, select(i.filename)) for i in z.infolist() if not i.is_dir()]
-                for info, rel in tqdm([x for x in infos if x[1]], desc=f"unpacking {archive.name}", unit="file"):
+                chosen = [x for x in infos if x[1]]
+                for info, rel in tqdm(chosen, desc=f"unpacking {archive.name}", unit="file"):
                     target = stage / rel
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with z.open(info) as src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out, CHUNK)
-            return
+            return len(chosen)
         with tarfile.open(archive) as t:
             bar = tqdm(desc=f"unpacking {archive.name}", unit="file")
             for member in t:
@@ -174,5 +187,52 @@ def _extract(archive: Path, stage: Path, select: Callable[[str], Optional[str]])
                     t.extract(member, stage, filter="data")
                     bar.update()
             bar.close()
+            return bar.n
     except ARCHIVE_ERRORS as e:
         raise corrupt_archive(archive, e) from None
+
+
+def _matches(rel: PurePosixPath, pattern: str) -> bool:
+    """Whether ``dest.glob(pattern)`` would find the file at ``rel`` (relative to ``dest``)."""
+    return len(rel.parts) == len(PurePosixPath(pattern).parts) and rel.match(pattern)
+
+
+def move_extracted(dest: Path, folder: str, select: Callable[[str], Optional[str]],
+                   expect: dict[str, int]) -> bool:
+    """Move into ``dest`` the files of ``dest/folder``, an archive the user extracted by hand
+    (a format the standard library cannot read, such as RAR), that ``select`` maps: it gets their
+    path relative to ``dest`` as an archive member name. Returns False when nothing of ``folder``
+    is there. Extractors that keep an archive's Windows separators leave files named
+    ``folder\\A\\B.png`` in ``dest``: they count as ``folder/A/B.png``.
+
+    Nothing moves unless ``expect`` (glob pattern -> number of files) holds for the result, the
+    files already in place plus those to move; else a DataError, and nothing is removed. Each file
+    moves by one rename (no copy), so an interrupted run leaves counts that do not hold (nothing
+    half-moved looks complete) and the next run moves the rest. Folders the move empties go.
+    """
+    root = dest / folder
+    found = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
+    found += [p for p in dest.iterdir() if p.name.startswith(folder + "\\") and p.is_file()]
+    if not found:
+        return False
+    moves = {}
+    for path in found:
+        rel = select(path.relative_to(dest).as_posix().replace("\\", "/"))
+        if rel:
+            moves[PurePosixPath(rel)] = path
+    counts = {p: len({q.relative_to(dest).as_posix() for q in dest.glob(p)}
+                     | {r.as_posix() for r in moves if _matches(r, p)}) for p in expect}
+    wrong = [f"{counts[p]} files {p} (expected {n})" for p, n in expect.items() if counts[p] != n]
+    if wrong:
+        raise DataError(f"{root} with what is already in {dest} gives {', '.join(wrong)}: not extracted "
+                        "completely, or not the published archive; nothing was moved, extract it again")
+    for rel, path in tqdm(sorted(moves.items()), desc=f"moving {folder}", unit="file"):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        path.replace(dest / rel)
+    if root.is_dir():
+        for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            if not any(d.iterdir()):
+                d.rmdir()
+        if not any(root.iterdir()):
+            root.rmdir()
+    return True

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from . import cityscapes
-from .download import Expected, download, unpack, verified
+from .download import Expected, download, move_extracted, unpack, verified
 from ..paths import DISPLAY_NAMES, dataset_root, resolve_root
 
 MANIFESTS = Path(__file__).resolve().parent / "manifests"
@@ -40,6 +40,12 @@ class Archive:
     manual: str = ""  # how to get the file by hand
     convert: Optional[Callable[[Path], None]] = None  # runs on the unpacked files before they move in
     produces: dict = field(default_factory=dict)  # more glob counts that hold once ``convert`` ran
+    # more files of a dataset published in parts (manual only), unpacked with ``file`` into one
+    # staging folder; ``expect`` then counts what they all yield together
+    parts: tuple = ()
+    # the folder ``file`` extracts to, where Python cannot unpack it (RAR): the user extracts it by
+    # hand into the dataset folder and the files ``select`` maps are moved (not copied) into place
+    folder: str = ""
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,71 @@ def write_train_ids(stage: Path) -> None:
         list(tqdm(pool.map(convert, files), total=len(files), desc="labelIds -> labelTrainIds", unit="file"))
 
 
+# -- GTA5 (Playing for Data): 20 zips without a login ------------------------------------------
+# Manual although public: the source publishes no checksums and no per-part file counts, so no
+# single download could be verified. The 20 parts are unpacked together once all are there and
+# checked by their totals (24,966 images and as many label maps, the published count): a missing,
+# doubled or truncated part is an error naming what each part yielded, never a silent pass.
+GTA5_URL = "https://download.visinf.tu-darmstadt.de/data/from_games/data/"
+GTA5_PARTS = tuple(f"{i:02d}_{kind}.zip" for i in range(1, 11) for kind in ("images", "labels"))
+GTA5_FRAMES = 24966
+# 00001.png .. 24966.png; converters' extra files (e.g. DAFormer's *_labelTrainIds.png) not counted
+GTA5_COUNTS = {"images/?????.png": GTA5_FRAMES, "labels/?????.png": GTA5_FRAMES}
+GTA5_MANUAL = (f"download the 20 parts 01_images.zip .. 10_images.zip and 01_labels.zip .. 10_labels.zip "
+               f"(57 GB, no login; e.g. `wget -c {GTA5_URL}01_images.zip` and so on) from "
+               "https://download.visinf.tu-darmstadt.de/data/from_games/ into the gta5 folder, then run "
+               "`u2plus data prepare gta5` again")
+
+
+def gta5_member(name: str) -> Optional[str]:
+    folder, _, file = name.partition("/")
+    return name if folder in ("images", "labels") and file.endswith(".png") and "/" not in file else None
+
+
+def fit_gta5_label_sizes(stage: Path) -> None:
+    """Each label map whose size differs from its image's (60 frames, as the download page notes)
+    resized to the image's size, nearest neighbour (ids kept, palette kept); the others untouched."""
+    labels = sorted(stage.glob("labels/*.png"))
+
+    def fit(label: Path) -> int:
+        image = stage / "images" / label.name
+        if not image.is_file():
+            return 0  # check reports the unpaired label
+        with Image.open(image) as im:
+            size = im.size
+        with Image.open(label) as lab:
+            if lab.size == size:
+                return 0
+            fitted = lab.resize(size, Image.NEAREST)
+        fitted.save(label)
+        return 1
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        fitted = sum(tqdm(pool.map(fit, labels), total=len(labels), desc="GTA5 label sizes", unit="file"))
+    if fitted:
+        print(f"GTA5: {fitted} label map(s) resized (nearest) to the size of their image")
+
+
+# -- SYNTHIA-RAND-CITYSCAPES: one RAR, extracted by hand ------------------------------------------
+SYNTHIA_FRAMES = 9400
+# 0000000.png .. 0009399.png; converters' extra files (e.g. DAFormer's *_labelTrainIds.png) not counted
+SYNTHIA_COUNTS = {"RGB/???????.png": SYNTHIA_FRAMES, "GT/LABELS/???????.png": SYNTHIA_FRAMES}
+SYNTHIA_MANUAL = ("download SYNTHIA_RAND_CITYSCAPES.rar (SYNTHIA-RAND-CITYSCAPES (CVPR16) at "
+                  "https://synthia-dataset.net/downloads/) into the synthia folder and extract it there, "
+                  "where it makes RAND_CITYSCAPES/ (Python cannot read RAR: `unrar x SYNTHIA_RAND_CITYSCAPES.rar`, "
+                  "`7z x SYNTHIA_RAND_CITYSCAPES.rar` or `bsdtar -xf SYNTHIA_RAND_CITYSCAPES.rar`), then run "
+                  "`u2plus data prepare synthia` again")
+
+
+def synthia_member(name: str) -> Optional[str]:
+    """``RAND_CITYSCAPES/RGB/*.png`` -> ``RGB/``, ``RAND_CITYSCAPES/GT/LABELS/*.png`` -> ``GT/LABELS/``."""
+    for part in ("RGB/", "GT/LABELS/"):
+        file = name.removeprefix("RAND_CITYSCAPES/" + part)
+        if file != name and file.endswith(".png") and "/" not in file:
+            return part + file
+    return None
+
+
 SOURCES: dict[str, Source] = {
     "camvid": Source(
         "camvid", 11,
@@ -216,6 +287,14 @@ SOURCES: dict[str, Source] = {
                     cityscapes_counts("gtFine", cityscapes.LABEL_IDS_SUFFIX), manual=CITYSCAPES_MANUAL,
                     convert=write_train_ids, produces=cityscapes_counts("gtFine", cityscapes.TRAIN_IDS_SUFFIX)),
         )),
+    "gta5": Source(
+        "gta5", 19, (SplitCheck("train", "train", GTA5_FRAMES, "images"),),
+        archives=(Archive(GTA5_PARTS[0], gta5_member, GTA5_COUNTS, manual=GTA5_MANUAL,
+                          convert=fit_gta5_label_sizes, parts=GTA5_PARTS[1:]),)),
+    "synthia": Source(
+        "synthia", 19, (SplitCheck("train", "train", SYNTHIA_FRAMES, "RGB"),),
+        archives=(Archive("SYNTHIA_RAND_CITYSCAPES.rar", synthia_member, SYNTHIA_COUNTS, manual=SYNTHIA_MANUAL,
+                          folder="RAND_CITYSCAPES"),)),
     # the source's 2,098 photos and 1,004 masks; 0801-1004 are the test split (not in the
     # benchmark's data folder), images without a mask the unlabeled / tags-only ones
     "ccp": Source(
@@ -231,6 +310,14 @@ def source(name: str) -> Source:
         return SOURCES[name]
     except KeyError:
         raise DataError(f"no prepare/check for dataset {name!r} (one of {', '.join(SOURCES)})") from None
+
+
+def needed(root: Path, a: Archive) -> str:
+    """What of archive ``a`` the user has yet to put in ``root``."""
+    if a.folder:
+        return f"{a.folder}/ (extract {a.file}, which is there)" if (root / a.file).is_file() else \
+            f"{a.folder}/ (extracted from {a.file})"
+    return ", ".join(f for f in (a.file, *a.parts) if not (root / f).is_file())
 
 
 def counts_hold(root: Path, counts: dict) -> bool:
@@ -250,10 +337,14 @@ def prepare(name: str, root: Optional[str | Path] = None) -> str:
     missing = []
     for a in src.archives:
         if counts_hold(root, {**a.expect, **a.produces}):
-            print(f"{a.file}: already unpacked (file counts match), skipped")
+            print(f"{a.file}{f' .. {a.parts[-1]}' if a.parts else ''}: already unpacked (file counts match), skipped")
+            continue
+        if a.folder:
+            if not move_extracted(root, a.folder, a.select, a.expect):
+                missing.append(a)
             continue
         archive = root / a.file
-        if a.url is None and not archive.is_file():
+        if a.url is None and not all((root / f).is_file() for f in (a.file, *a.parts)):
             missing.append(a)
             continue
         try:
@@ -263,9 +354,9 @@ def prepare(name: str, root: Optional[str | Path] = None) -> str:
                 verified(archive, a.expected, a.manual)
         except DataError as e:
             raise DataError(f"{e}; or {a.manual}" if a.manual else str(e)) from None
-        unpack(archive, root, a.select, a.expect, a.convert)
+        unpack(archive, root, a.select, a.expect, a.convert, [root / f for f in a.parts])
     if missing:
-        files = ", ".join(a.file for a in missing)
+        files = ", ".join(needed(root, a) for a in missing)
         raise DataError(f"{DISPLAY_NAMES[name]} needs {files} in {root}: {missing[0].manual}")
     summary, problems = check(name, root)
     if problems:
