@@ -28,7 +28,7 @@ import torch
 from u2plus.engine.inference import load_for_inference
 from u2plus.engine.trainer import build_eval_loader, normalisation
 from u2plus.losses.entropy import pixel_entropy
-from u2plus.losses.partition import classwise_entropy_threshold, entropy_threshold
+from u2plus.losses.partition import classwise_entropy_threshold, entropy_threshold, reliable_mask
 
 
 KINDS = ("pixels", "predicted", "reliable", "reliable_classwise", "wrong_reliable")
@@ -42,8 +42,8 @@ def audit_counts(prob: torch.Tensor, mask: torch.Tensor, alpha: float, ignore_in
     c = prob.shape[1]
     entropy, predicted = pixel_entropy(prob), prob.argmax(1)
     valid = mask != ignore_index
-    reliable = entropy < entropy_threshold(entropy, alpha, valid)
-    reliable_cw = entropy < classwise_entropy_threshold(entropy, predicted, alpha, c, valid)[predicted]
+    reliable = reliable_mask(entropy, entropy_threshold(entropy, alpha, valid))
+    reliable_cw = reliable_mask(entropy, classwise_entropy_threshold(entropy, predicted, alpha, c, valid)[predicted])
     right = predicted == mask
     selections = (valid, valid & right, valid & right & reliable, valid & right & reliable_cw, valid & ~right & reliable)
     return {k: torch.bincount(mask[sel], minlength=c)[:c].cpu() for k, sel in zip(KINDS, selections)}
