@@ -224,6 +224,11 @@ class MethodConfig(CriterionConfig, WSCriterionConfig):
     # false: ema_momentum at once (a teacher that starts trained, e.g. train.init_from, then does
     # not follow the student's first semi-supervised updates)
     ema_ramp: bool = True
+    # beyond the paper (Laine & Aila 2017, Mean Teacher): the unlabeled losses (L_u + lambda_c L_c)
+    # of the semi-supervised recipes are multiplied by exp(-5 (1 - t/N)^2) for the first N steps
+    # after the supervised-only warm-up (t counted from its end), then by 1. It softens the shock
+    # of switching them on at full weight onto a converged supervised student. 0: off (the paper)
+    unsup_rampup_steps: int = 0
     # CutMix of the strong view
     cutmix_prob: float = 0.5
     cutmix_area: list = field(default_factory=lambda: [0.02, 0.4])
@@ -490,7 +495,7 @@ RANGES = {
     "method.pseudo_threshold": (0, 1, "[]"), "method.pseudo_weight_ignore_rows": (0, INF, "[)"),
     "method.fd_lambda": (0, INF, "[)"), "method.fd_min_ratio": (0, 1, "[]"), "model.fusion_rates": (1, INF, "[)"),
     # weakly-supervised: the classifier-only start, CAM thresholds, refinement and loss weights
-    "method.sup_only_fraction": (0, 1, "[]"), "method.cam_fg_threshold": (0, 1, "[]"),
+    "method.sup_only_fraction": (0, 1, "[]"), "method.unsup_rampup_steps": (0, INF, "[)"), "method.cam_fg_threshold": (0, 1, "[]"),
     "method.cam_bg_threshold": (0, 1, "[]"), "method.cam_beta": (0, 1, "[]"), "method.par_dilations": (1, INF, "[)"),
     "method.par_iterations": (0, INF, "[)"), "method.par_downscale": (1, INF, "[)"),
     "method.random_walk_power": (1, INF, "[)"), "method.affinity_radius": (1, INF, "[)"),

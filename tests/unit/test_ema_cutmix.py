@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from u2plus.methods.mean_teacher import ema_momentum, ema_update
+from u2plus.methods.mean_teacher import ema_momentum, ema_update, unsup_rampup
 from u2plus.mixing import apply_cutmix, cutmix_masks, cutmix_partners
 
 
@@ -32,6 +32,16 @@ def test_ema_momentum_without_ramp_is_the_maximum_from_start():
     assert ema_momentum(80, 0.99, start=81, ramp=False) == 0.0
     assert ema_momentum(81, 0.99, start=81, ramp=False) == 0.99
     assert ema_momentum(82, 0.999, start=81, ramp=False) == 0.999
+
+
+def test_unsup_rampup_is_the_sigmoid_ramp_of_mean_teacher():
+    # exp(-5 (1 - t/N)^2): t = 0 -> e^-5, t = N/2 -> e^-1.25, t = 3N/4 -> e^-0.3125, then 1
+    assert unsup_rampup(0, 200) == pytest.approx(0.0067379, abs=1e-7)
+    assert unsup_rampup(100, 200) == pytest.approx(0.2865048, abs=1e-7)
+    assert unsup_rampup(150, 200) == pytest.approx(0.7316156, abs=1e-7)
+    assert unsup_rampup(200, 200) == 1.0 and unsup_rampup(5000, 200) == 1.0
+    assert unsup_rampup(-1, 200) == 0.0  # still in the supervised-only warm-up
+    assert unsup_rampup(0, 0) == 1.0 and unsup_rampup(-3, 0) == 1.0  # off: the paper's full weight
 
 
 class _Net(nn.Module):

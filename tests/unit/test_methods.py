@@ -3,6 +3,8 @@ unlabeled images' masks (kept only for diagnostics) never change the loss."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -177,6 +179,30 @@ def test_crop_padding_of_unlabeled_images_is_never_pseudo_labelled(monkeypatch):
     assert float(logs["reliable_fraction"]) == pytest.approx(0.8, abs=0.01)  # of the valid half
     n_rel = int(seen["reliable"].sum())
     assert float(logs["lambda_u"]) == pytest.approx(int(valid.sum()) / n_rel)
+
+
+def test_unsup_rampup_scales_the_unlabeled_losses_from_the_first_semi_step():
+    # 0.4 epochs of 5 steps: step 2 is the first semi-supervised step; a ramp of 4 steps weighs the
+    # unlabeled losses of steps 2, 3 by exp(-5), exp(-5 * 0.75^2); logged as unsup_weight
+    def loss_parts(*overrides):
+        method = make_method("u2pl_plus", "method.sup_only_epochs=0.4", *overrides)
+        out = []
+        for step in range(4):
+            (loss, logs), = run_steps(method, steps=1, first_step=step)
+            out.append((float(loss), logs))
+        return method.cfg.method.lambda_c, out
+
+    lambda_c, ramped = loss_parts("method.unsup_rampup_steps=4")
+    _, full = loss_parts()
+    for step, weight in ((2, math.exp(-5)), (3, math.exp(-5 * 0.75 ** 2))):
+        loss, logs = ramped[step]
+        unsup = float(logs["loss_unsup"]) + lambda_c * float(logs["loss_contrastive"])
+        assert float(logs["unsup_weight"]) == pytest.approx(weight)
+        assert loss == pytest.approx(float(logs["loss_sup"]) + weight * unsup, rel=1e-5)
+    # the warm-up is untouched and, at step 2 (same weights so far), the criterion sees the same inputs
+    assert ramped[0][0] == full[0][0] and ramped[1][0] == full[1][0]
+    assert float(ramped[2][1]["loss_unsup"]) == pytest.approx(float(full[2][1]["loss_unsup"]), rel=1e-6)
+    assert ramped[2][0] < full[2][0] and "unsup_weight" not in full[2][1]
 
 
 def _same_weights(a, b) -> bool:

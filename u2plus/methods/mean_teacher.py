@@ -12,7 +12,7 @@ from torch import nn
 
 from .base import Method, StepContext
 
-__all__ = ["MeanTeacher", "ema_momentum", "ema_update"]
+__all__ = ["MeanTeacher", "ema_momentum", "ema_update", "unsup_rampup"]
 
 
 def ema_momentum(step: int, max_momentum: float, start: int = 0, ramp: bool = True) -> float:
@@ -27,6 +27,20 @@ def ema_momentum(step: int, max_momentum: float, start: int = 0, ramp: bool = Tr
     if not ramp:
         return max_momentum
     return min(1.0 - 1.0 / (t + 1), max_momentum)
+
+
+def unsup_rampup(t: int, length: int) -> float:
+    """Weight of the unlabeled losses ``t`` steps after the first semi-supervised step (beyond
+    the paper, ``method.unsup_rampup_steps``): the sigmoid-shaped ramp of Laine & Aila (2017)
+    and Mean Teacher, ``exp(-5 (1 - t / length)^2)`` for ``0 <= t < length`` (0.0067 at ``t = 0``),
+    then 1; 0 before the first semi-supervised step, 1 throughout when ``length`` is 0."""
+    if length <= 0:
+        return 1.0
+    if t < 0:
+        return 0.0
+    if t >= length:
+        return 1.0
+    return math.exp(-5.0 * (1.0 - t / length) ** 2)
 
 
 @torch.no_grad()
@@ -90,6 +104,11 @@ class MeanTeacher(Method):
 
     def in_warmup(self, ctx: StepContext) -> bool:
         return ctx.step < self.first_semi_step(ctx)
+
+    def unsup_weight(self, ctx: StepContext) -> float:
+        """Factor on the unlabeled losses at ``ctx.step``: :func:`unsup_rampup` over
+        ``method.unsup_rampup_steps`` from the first semi-supervised step (1 when 0)."""
+        return unsup_rampup(ctx.step - self.first_semi_step(ctx), self.cfg.method.unsup_rampup_steps)
 
     def step_seed(self, step: int) -> int:
         """Seed of a step's draws (CutMix boxes, anchors, negatives): deterministic given

@@ -82,9 +82,12 @@ class SemiSupervised(MeanTeacher):
             valid_u=unlabeled.get("valid"), progress=ctx.progress, cutmix=mixes,
             seed=self.step_seed(ctx.step), unlabeled_labels=unlabeled.get("mask"))
         logs = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items() if k != "loss"}
+        ramp = self.unsup_weight(ctx)
+        if m.unsup_rampup_steps:
+            logs["unsup_weight"] = ramp
         if m.rare_paste_prob > 0:
             logs.update({"paste_fraction": paste_mask.float().mean(), "per_class/confidence": self.class_confidence.clone()})
-        return loss_sup + out["loss"], {"loss_sup": loss_sup.detach(), **logs}
+        return loss_sup + ramp * out["loss"], {"loss_sup": loss_sup.detach(), **logs}
 
     @torch.no_grad()
     def rare_class_paste(self, teacher_logits_l: torch.Tensor, labels: torch.Tensor, batch_u: int,
