@@ -24,6 +24,7 @@ from u2plus.config import load_config  # noqa: E402
 from u2plus.data import build_train_sets  # noqa: E402
 from u2plus.data.sampler import collate  # noqa: E402
 from u2plus.data.transforms import TrainTransform  # noqa: E402
+from u2plus.engine.checkpoint import network_weights  # noqa: E402
 from u2plus.engine.trainer import normalisation  # noqa: E402
 from u2plus.methods import StepContext, build_method  # noqa: E402
 from u2plus.models import build_segmentor  # noqa: E402
@@ -43,8 +44,7 @@ def grad_norm(loss: torch.Tensor, params: list) -> float:
 def main() -> None:
     torch.set_num_threads(1)
     for frozen, path in CHECKPOINTS.items():
-        state = torch.load(path, weights_only=True, map_location="cpu")["method"]
-        student = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
+        student = network_weights(torch.load(path, weights_only=True, map_location="cpu"), "student")
         for name in ("u2pl_plus", "selftrain"):
             cfg = load_config(REPO / "configs/camvid/u2pl_plus_1-8.yaml",
                               [f"method.name={name}", f"model.freeze_encoder_bn={str(frozen).lower()}"])

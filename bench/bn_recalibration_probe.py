@@ -21,7 +21,7 @@ import json
 
 import torch
 
-from u2plus.engine.checkpoint import load_weights
+from u2plus.engine.checkpoint import load_weights, network_weights
 from u2plus.engine.inference import load_for_inference
 from u2plus.engine.trainer import build_eval_loader, normalisation, run_evaluation
 
@@ -61,9 +61,7 @@ def main() -> None:
     mean, std = normalisation(cfg, model)
     val_set, val_loader = build_eval_loader(cfg, None, mean, std)
     _, train_loader = build_eval_loader(cfg, "train", mean, std)
-    weights = state["method"]
-    networks = {name: {k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")}
-                for name in ("teacher", "student")}
+    networks = {name: network_weights(state, name) for name in ("teacher", "student")}
     out = {"checkpoint": args.checkpoint, "step": state.get("step"), "recalibration_images": args.images}
     for name, w in networks.items():
         if not w:

@@ -11,9 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${WARMUP:?WARMUP=<a SupOnly step_1000.pt of the same split and seed>}"
 SPLIT=${SPLIT:-1-8}; SEED=${SEED:-1}; STOP=${STOP:-1250}; RUNS=${RUNS:-runs/dip_probe}; PY=${PY:-.venv/bin/python}
-export MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824
-# the data folder as bench/camvid.py finds it: $U2PLUS_DATA, else ../shared/data beside the repository when it exists
-if [[ -z ${U2PLUS_DATA:-} && -d ../shared/data ]]; then export U2PLUS_DATA=$(realpath ../shared/data); fi
+source bench/bench_env.sh
 mkdir -p "$RUNS"
 for variant in "$@"; do
     name=$(echo "$variant" | tr ' =/' '_-_'); out=$RUNS/${SPLIT}_s${SEED}_${name}

@@ -12,8 +12,8 @@
 #   WARMUP=own SEEDS=0 bash bench/camvid_protocol.sh   # no SupOnly run: each trains its own warm-up
 #   # a recipe variant on seeds whose SupOnly is already recorded: SupOnly only up to its step-1000
 #   # checkpoint (not recorded again: it reproduces the recorded curve bit for bit), then the variant
-#   SUPONLY=warmup SEEDS="0 2" METHODS=u2pl_plus TAG=_classwise_ramp500 \
-#       EXTRA="method.classwise_partition=true method.unsup_rampup_steps=500" bash bench/camvid_protocol.sh
+#   SUPONLY=warmup SEEDS="0 2" METHODS=u2pl_plus TAG=_classwise \
+#       EXTRA="method.classwise_partition=true" bash bench/camvid_protocol.sh
 #
 # One run after another at two threads is faster in total than two runs at one thread each on the
 # 2-core machine (measured: SupOnly 1/8 ~1.1 s/step alone at two threads, 2.9 s/step at one thread
@@ -30,9 +30,7 @@ TAG=${TAG:-}
 mkdir -p "$RUNS"
 read -r -a EXTRA_SET <<< "${EXTRA:-}"
 SET=(train.num_threads=2 data.num_workers=1)
-export MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824
-# the data folder as bench/camvid.py finds it: $U2PLUS_DATA, else ../shared/data beside the repository when it exists
-if [[ -z ${U2PLUS_DATA:-} && -d ../shared/data ]]; then export U2PLUS_DATA=$(realpath ../shared/data); fi
+source bench/bench_env.sh
 
 # SupOnly up to its step-1000 checkpoint only, unrecorded (SUPONLY=warmup); returns when the file exists
 suponly_warmup() {

@@ -186,3 +186,16 @@ def test_load_weights_names_source_and_first_mismatch():
         load_weights(model, torch.nn.Linear(4, 2).state_dict(), "resume=x.pt")
     msg = str(e.value)
     assert msg.startswith("resume=x.pt does not fit this model: size mismatch for weight") and "\n" not in msg
+
+
+def test_network_weights_and_the_evaluated_network():
+    w = torch.zeros(1)
+    state = {"method": {"student.a": w + 1, "teacher.a": w + 2, "queue.x": w}, "config": {"method": {}}}
+    assert ckpt.network_weights(state, "student") == {"a": state["method"]["student.a"]}
+    assert ckpt.network_weights(state, "teacher") == {"a": state["method"]["teacher.a"]}
+    assert ckpt.network_weights(state, "other") == {}
+    assert ckpt.evaluated_weights(state)["a"].item() == 2.0  # the teacher by default
+    state["config"]["method"]["eval_teacher"] = False
+    assert ckpt.evaluated_weights(state)["a"].item() == 1.0
+    no_teacher = {"method": {"student.a": w + 1}, "config": {"method": {}}}
+    assert ckpt.evaluated_weights(no_teacher)["a"].item() == 1.0  # SupOnly: the student

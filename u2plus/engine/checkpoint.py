@@ -76,14 +76,19 @@ def check_model(state: dict, path, cfg, against: str, keys=MODEL_KEYS, hint: str
         raise CheckpointError(f"{path} holds another model than {against} (checkpoint vs config: {differences}){hint}")
 
 
+def network_weights(state: dict, network: str) -> dict:
+    """State dict of one network (``"student"`` or ``"teacher"``) of a run checkpoint; empty when
+    the run's method has no such network."""
+    prefix = network + "."
+    return {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
+
+
 def evaluated_weights(state: dict) -> dict:
     """State dict of the network a training run evaluated (its EMA teacher where the method
     evaluates the teacher, else its student)."""
-    weights = state["method"]
     method = (state.get("config") or {}).get("method") or {}
-    prefix = "teacher." if method.get("eval_teacher", True) and any(k.startswith("teacher.") for k in weights) \
-        else "student."
-    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    teacher = network_weights(state, "teacher") if method.get("eval_teacher", True) else {}
+    return teacher or network_weights(state, "student")
 
 
 def evaluated_model_weights(path: str | Path) -> dict:
