@@ -74,10 +74,15 @@ def commit() -> str:
         return "unknown"
 
 
+def run_folder(runs: Path, config: str, tag: str, seed: int) -> Path:
+    """The folder of one bench run: ``<config name><tag>_s<seed>`` under ``runs``."""
+    return runs / f"{Path(config).stem}{tag}_s{seed}"
+
+
 def run_one(config: str, seed: int, extra: list[str], tag: str, runs: Path) -> Path | None:
     """Train (or continue) one run; returns its folder, or None when it had finished before (its
     metrics.json exists: it is not trained or recorded again; --record records a folder)."""
-    out_dir = runs / f"{Path(config).stem}{tag}_s{seed}"
+    out_dir = run_folder(runs, config, tag, seed)
     if (out_dir / "metrics.json").exists():
         print(f"{out_dir} has finished before: skipped (record it with --record)", flush=True)
         return None
@@ -137,7 +142,8 @@ def run_record(out_dir: Path) -> dict:
              for p in metrics.get("curve", [])]
     d = cfg["data"]
     return {
-        "run": out_dir.name, "config": Path(command.split()[2]).stem if command.startswith("u2plus train") else "",
+        # the config file's name; a run started by hand (no bench_command.txt): its method's name
+        "run": out_dir.name, "config": Path(command.split()[2]).stem if command_file.exists() else cfg["method"]["name"],
         "method": cfg["method"]["name"], "labeled": metrics["labeled_images"],
         "unlabeled": metrics["unlabeled_images"], "seed": cfg["seed"], "steps": metrics["steps"],
         "image_size": image_size(cfg), "crop": d["crop_size"], "batch": d["batch_size"],
@@ -178,7 +184,7 @@ def da_block(rows: list[dict]) -> list[str]:
     def mean_std(values: list[float]) -> str:
         return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
-    lines = ["| run | method | steps | target mIoU | best target mIoU (step) | source val mIoU | wall (min) | s/step | "
+    lines = ["| run | method | steps | target mIoU | best target mIoU (step) | source val mIoU (trained on) | wall (min) | s/step | "
              "command |\n", "|---|---|---|---|---|---|---|---|---|\n"]
     for r in rows:
         day = r["eval"].get("source", {}).get("mIoU", float("nan"))
@@ -187,7 +193,7 @@ def da_block(rows: list[dict]) -> list[str]:
                      f"`{r['command']}` |\n")
     configs = list(dict.fromkeys(r["config"] for r in rows))
     classes = list(rows[0]["per_class"])
-    lines += ["\n| config | seeds | target mIoU | source val mIoU | " + " | ".join(classes) + " |\n",
+    lines += ["\n| config | seeds | target mIoU | source val mIoU (trained on) | " + " | ".join(classes) + " |\n",
               "|---|---|---|---|" + "---|" * len(classes) + "\n"]
     for c in configs:
         runs = [r for r in rows if r["config"] == c]

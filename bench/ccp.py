@@ -7,10 +7,12 @@ tags only, three seeds, each run reported without and with dense CRF and with it
 
 Protocol (configs/ccp/_base.yaml): train on the tags of 0001-0600 and 1005-2098 (1,694 images),
 segmentation mIoU on the masks of 0601-0800 (multi-scale + flip; ``crf``: after the dense CRF),
-CAM quality on the masks of 0001-0600 (the CAM pseudo-labels as training makes them: mIoU on the
-pixels they label and the share labelled; ``dense``: one threshold ``method.cam_beta``). Runs go to
-``<runs>/<config>_s<seed>`` with ``resume=auto`` (a killed benchmark continues). Each run appends
-one JSON line to ``bench/results.jsonl`` (curve and per-class IoU included) and the table a block to
+CAM quality on the masks of 0001-0600 (``CAM mIoU``: the CAM pseudo-labels with one threshold
+``method.cam_beta``, every pixel scored, as WS papers report it; ``confident pixels``: the two-threshold
+labels training uses, scored on the pixels they label, with the share labelled). The CRF needs
+``pip install -e '.[crf]'`` (checked before training). Runs go to ``<runs>/<config>_s<seed>`` with
+``resume=auto`` (a killed benchmark continues, and its table holds the runs finished before). Each run
+appends one JSON line to ``bench/results.jsonl`` (once; curve and per-class IoU included) and the table a block to
 the "CCP weakly supervised" section of ``bench/RESULTS.md`` with the mean over seeds of each
 method and U2PL+'s gain over AFA (target: at least +1 mIoU). ``--record RUN_DIR ...`` records
 finished run folders instead of training.
@@ -53,7 +55,8 @@ def run_record(out_dir: Path) -> dict:
 
 def summary(rows: list[dict]) -> str:
     """Mean (and spread) over seeds per method, and the gain of afa_u2pl_plus over afa."""
-    keys = [("mIoU", "mIoU"), ("mIoU_crf", "mIoU + CRF"), ("cam_mIoU", "CAM mIoU"), ("cam_mIoU_dense", "CAM dense")]
+    keys = [("mIoU", "mIoU"), ("mIoU_crf", "mIoU + CRF"), ("cam_mIoU_dense", "CAM mIoU"),
+            ("cam_mIoU", "CAM mIoU (confident pixels)")]
     means, lines = {}, ["\n| method | seeds | " + " | ".join(label for _, label in keys) + " |\n",
                         "|---|---|" + "---|" * len(keys) + "\n"]
     for method in sorted({r["method"] for r in rows}):
@@ -73,22 +76,45 @@ def summary(rows: list[dict]) -> str:
 
 
 def record(rows: list[dict], note: str, bench_dir: Path) -> None:
-    with open(bench_dir / "results.jsonl", "a") as f:
+    """Append the JSON lines of the runs not in results.jsonl yet (a run is its command and its
+    score: a restarted benchmark lists the runs an earlier invocation recorded) and the block of
+    all of them to RESULTS.md."""
+    results = bench_dir / "results.jsonl"
+    seen = set()
+    if results.exists():
+        seen = {(r.get("command"), r.get("mIoU")) for r in map(json.loads, results.read_text().splitlines())}
+    with open(results, "a") as f:
         for r in rows:
-            f.write(json.dumps(r) + "\n")
+            if (r["command"], r["mIoU"]) not in seen:
+                f.write(json.dumps(r) + "\n")
     lines = [f"\n### {time.strftime('%Y-%m-%d %H:%M')} — {note}\n",
              f"Machine: {rows[0]['machine']}; commit {rows[0]['commit']}; curves and per-class IoU (with and "
              "without CRF, and of the CAMs) in `bench/results.jsonl`.\n\n",
-             "| run | method | seed | steps | val mIoU | + CRF | CAM mIoU (labelled) | CAM dense | wall (min) | s/step "
+             "| run | method | seed | steps | val mIoU | + CRF | CAM mIoU | CAM mIoU (confident pixels, share) | "
+             "wall (min) | s/step "
              "| command |\n|---|---|---|---|---|---|---|---|---|---|---|\n"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     for r in rows:
         labelled = "" if r["cam_labelled_fraction"] is None else f" ({100 * r['cam_labelled_fraction']:.0f}%)"
         lines.append(f"| {r['run']} | {r['method']} | {r['seed']} | {r['steps']} | {fmt(r['mIoU'])} | "
-                     f"{fmt(r['mIoU_crf'])} | {fmt(r['cam_mIoU'])}{labelled} | {fmt(r['cam_mIoU_dense'])} | "
+                     f"{fmt(r['mIoU_crf'])} | {fmt(r['cam_mIoU_dense'])} | {fmt(r['cam_mIoU'])}{labelled} | "
                      f"{r['wall_seconds'] / 60:.1f} | {r['seconds_per_step']:.2f} | `{r['command']}` |\n")
     lines.append(summary(rows))
     camvid.add_to_section(bench_dir / "RESULTS.md", "".join(lines), SECTION)
+
+
+def check_crf(configs: list[str], extra: list[str]) -> None:
+    """Exit with the install line before any training when a config evaluates with the dense CRF
+    and the package is missing (it would stop every run at its set-up)."""
+    from u2plus.config import load_config
+    from u2plus.engine.crf import require_crf
+    from u2plus.errors import ConfigError
+
+    if any(load_config(REPO / c, extra).eval.crf for c in configs):
+        try:
+            require_crf()
+        except ConfigError as e:
+            sys.exit(f"bench/ccp.py: {e}")
 
 
 def measure(configs: list[str], steps: int, extra: list[str], parallel: int, seeds: int) -> None:
@@ -178,9 +204,14 @@ def main() -> None:
     if args.record:
         folders = [Path(c) for c in args.configs]
     else:
+        check_crf(args.configs, args.set)
+        runs = args.runs.resolve()
         jobs = [(c, s) for s in args.seeds for c in args.configs]
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            folders = list(pool.map(lambda job: camvid.run_one(*job, args.set, args.tag, args.runs.resolve()), jobs))
+            list(pool.map(lambda job: camvid.run_one(*job, args.set, args.tag, runs), jobs))
+        # every run of the table, those an earlier (killed) invocation finished included: both
+        # methods averaged over the same seeds
+        folders = [camvid.run_folder(runs, c, args.tag, s) for c, s in jobs]
     rows = [run_record(f) for f in folders]
     for r in rows:
         print(json.dumps({k: r[k] for k in ("run", "mIoU", "mIoU_crf", "cam_mIoU", "wall_seconds")}), flush=True)

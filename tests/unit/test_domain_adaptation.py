@@ -222,6 +222,30 @@ def test_feature_distance_starts_at_zero_and_the_imagenet_encoder_stays_frozen()
     assert not make_da_method("daformer", "method.fd_lambda=0").imagenet_encoder
 
 
+def test_feature_distance_pulls_towards_the_pretrained_encoder_not_init_from(tmp_path):
+    """train.init_from replaces the student's weights before the method is built (in the trainer):
+    the frozen encoder of the feature distance still holds model.pretrained's."""
+    from u2plus.models.encoders import build_encoder
+
+    torch.manual_seed(1)
+    encoder = build_encoder("resnet18", "none")
+    torch.save(encoder.body.state_dict(), tmp_path / "r18.pt")  # a classification model's weights
+    pretrained = encoder.state_dict()
+    method = make_da_method("daformer", f"model.pretrained={tmp_path / 'r18.pt'}", "train.init_from=other.pt")
+    with torch.no_grad():
+        for p in method.student.encoder.parameters():
+            p.add_(1.0)  # what init_from does to the student
+    rebuilt = type(method)(method.cfg, method.student)
+    for k, v in rebuilt.imagenet_encoder.state_dict().items():
+        assert torch.equal(v, pretrained[k]), k
+    weights = "body.conv1.weight"
+    assert not torch.equal(rebuilt.student.encoder.state_dict()[weights], pretrained[weights])
+    # without init_from the frozen encoder is the student's own (here the perturbed one)
+    method.cfg.train.init_from = None
+    own = type(method)(method.cfg, method.student)
+    assert torch.equal(own.imagenet_encoder.state_dict()[weights], method.student.encoder.state_dict()[weights])
+
+
 def test_da_step_is_deterministic_per_step_and_pastes_source_pixels():
     a, b = make_da_method("daformer"), make_da_method("daformer")
     source, target = da_batches(0)

@@ -5,6 +5,7 @@ class statistics, and the one-line errors for bad input."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from PIL import Image
 
 from u2plus.config import load_config
 from u2plus.data import build_eval_sets, build_stream_sets, check_same_classes
-from u2plus.data.rare_class import cache_path, class_statistics, rare_class_probabilities, rare_class_sampling
+from u2plus.data.rare_class import (cache_path, class_statistics, label_list_checksum, rare_class_probabilities,
+                                    rare_class_sampling)
 from u2plus.data.sampler import RareClassBatchSampler, StepBatchSampler
 from u2plus.errors import ConfigError, DataError
 
@@ -174,6 +176,18 @@ def test_class_statistics_cached_beside_the_labels_recomputed_when_stale(tree, c
     again = class_statistics(source)
     assert "is stale" in capsys.readouterr().out and not torch.equal(again, first)
     assert json.loads(path.read_text())["counts"] == again.tolist()
+    # relabelled at the same byte size: its modification time makes the cache stale
+    mask = tree / "trainannot/0016E5_00010.png"
+    size, mtime = mask.stat().st_size, mask.stat().st_mtime_ns
+    Image.fromarray(np.full((6, 8), 3, dtype=np.uint8)).save(mask, compress_level=0)
+    os.utime(mask, ns=(mtime, mtime + 10**9))  # a coarse file-system clock could keep the old time
+    assert mask.stat().st_size == size
+    third = class_statistics(source)
+    assert "is stale" in capsys.readouterr().out and not torch.equal(third, again)
+    # a changed label mapping changes the checksum
+    before = label_list_checksum(source, path.parent)
+    monkeypatch.setattr(source, "ignore_index", 254)
+    assert label_list_checksum(source, path.parent) != before
 
 
 def test_corrupt_class_statistics_cache_names_the_file(tree):

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import DataError
@@ -49,10 +50,15 @@ def rare_class_probabilities(class_pixels: torch.Tensor, temperature: float,
 
 
 def label_list_checksum(dataset: SegmentationDataset, base: Path) -> str:
-    """SHA-1 of the masks' paths (relative to ``base``) and byte sizes, in the dataset's order."""
-    h = hashlib.sha1()
+    """SHA-1 of the label mapping (ignore index, lookup table) and of the masks' paths (relative to
+    ``base``), byte sizes and modification times, in the dataset's order: a relabelled mask or a
+    changed mapping makes the cached counts stale."""
+    h = hashlib.sha1(f"ignore {dataset.ignore_index}\n".encode())
+    if dataset.label_map is not None:
+        h.update(np.ascontiguousarray(dataset.label_map).tobytes())
     for ref in dataset.items:
-        h.update(f"{os.path.relpath(ref.mask, base)}\t{Path(ref.mask).stat().st_size}\n".encode())
+        st = Path(ref.mask).stat()
+        h.update(f"{os.path.relpath(ref.mask, base)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 

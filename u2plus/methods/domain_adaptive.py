@@ -31,6 +31,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..losses.daformer import confidence_weight, feature_distance, pseudo_label_weights
 from ..losses.supervised import pixel_cross_entropy, upsample_logits, weighted_pixel_count
 from ..mixing import class_mix_masks, paste
+from ..models.encoders import build_encoder
 from .base import StepContext
 from .mean_teacher import MeanTeacher
 from .semi_supervised import build_criterion
@@ -51,11 +52,15 @@ class DomainAdaptive(MeanTeacher):
         super().__init__(cfg, student)
         m = cfg.method
         self.criterion = build_criterion(cfg, student, self.ignore_index) if m.contrastive else None
-        # the ImageNet features of DAFormer's feature distance: the initial encoder, frozen (its
-        # BatchNorm layers with momentum 0: batch statistics never change its running ones)
+        # the ImageNet features of DAFormer's feature distance: the pretrained encoder, frozen (its
+        # BatchNorm layers with momentum 0: batch statistics never change its running ones). The
+        # student's encoder holds them unless train.init_from loaded other weights into it
         self.imagenet_encoder = None
         if m.fd_lambda > 0:
             self.imagenet_encoder = copy.deepcopy(student.encoder).requires_grad_(False)
+            if cfg.train.init_from and cfg.model.pretrained not in ("none", "", None):
+                pretrained = build_encoder(cfg.model.encoder, cfg.model.pretrained, cfg.model.output_stride)
+                self.imagenet_encoder.load_state_dict(pretrained.state_dict())
             for bn in self.imagenet_encoder.modules():
                 if isinstance(bn, _BatchNorm):
                     bn.momentum = 0.0
