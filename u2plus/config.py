@@ -229,6 +229,12 @@ class MethodConfig(CriterionConfig, WSCriterionConfig):
     # after the supervised-only warm-up (t counted from its end), then by 1. It softens the shock
     # of switching them on at full weight onto a converged supervised student. 0: off (the paper)
     unsup_rampup_steps: int = 0
+    # beyond the paper, semi-supervised recipes: for the first N steps after the supervised-only
+    # warm-up, L_c's gradient stops at the representation head (the head reads the decoder's
+    # features detached). The warm-up never trains that head (L_c is off), so it starts random
+    # onto a trained network; this lets it learn the feature space before its gradient reaches the
+    # decoder and encoder. L_u, the pseudo-labels, the queues and the prototypes are untouched. 0: off
+    rep_head_detach_steps: int = 0
     # CutMix of the strong view
     cutmix_prob: float = 0.5
     cutmix_area: list = field(default_factory=lambda: [0.02, 0.4])
@@ -495,7 +501,8 @@ RANGES = {
     "method.pseudo_threshold": (0, 1, "[]"), "method.pseudo_weight_ignore_rows": (0, INF, "[)"),
     "method.fd_lambda": (0, INF, "[)"), "method.fd_min_ratio": (0, 1, "[]"), "model.fusion_rates": (1, INF, "[)"),
     # weakly-supervised: the classifier-only start, CAM thresholds, refinement and loss weights
-    "method.sup_only_fraction": (0, 1, "[]"), "method.unsup_rampup_steps": (0, INF, "[)"), "method.cam_fg_threshold": (0, 1, "[]"),
+    "method.sup_only_fraction": (0, 1, "[]"), "method.unsup_rampup_steps": (0, INF, "[)"),
+    "method.rep_head_detach_steps": (0, INF, "[)"), "method.cam_fg_threshold": (0, 1, "[]"),
     "method.cam_bg_threshold": (0, 1, "[]"), "method.cam_beta": (0, 1, "[]"), "method.par_dilations": (1, INF, "[)"),
     "method.par_iterations": (0, INF, "[)"), "method.par_downscale": (1, INF, "[)"),
     "method.random_walk_power": (1, INF, "[)"), "method.affinity_radius": (1, INF, "[)"),

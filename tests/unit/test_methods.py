@@ -205,6 +205,32 @@ def test_unsup_rampup_scales_the_unlabeled_losses_from_the_first_semi_step():
     assert ramped[2][0] < full[2][0] and "unsup_weight" not in full[2][1]
 
 
+def test_rep_head_detach_steps_stop_the_contrastive_gradient_at_the_representation_head():
+    # 0.4 epochs of 5 steps: step 2 is the first semi-supervised step; with rep_head_detach_steps=1
+    # L_c trains the representation head alone at step 2 (the rest of the network gets exactly the
+    # gradient of the same step with lambda_c = 0), then the whole network from step 3 on
+    def grads(step, *overrides):
+        method = make_method("u2pl_plus", "method.sup_only_epochs=0.4", *overrides)
+        method.train()
+        ctx = StepContext(step, max_iters=10, iters_per_epoch=5)
+        loss, logs = method.training_step(*batches(step), ctx)
+        loss.backward()
+        named = dict(method.student.named_parameters())
+        rep = {k: p.grad for k, p in named.items() if k.startswith("rep_head.")}
+        rest = {k: p.grad for k, p in named.items() if not k.startswith("rep_head.")}
+        return rep, rest, logs
+
+    for step, detached in ((2, True), (3, False)):
+        rep, rest, logs = grads(step, "method.rep_head_detach_steps=1")
+        _, no_lc, _ = grads(step, "method.lambda_c=0")
+        _, full, _ = grads(step)
+        assert float(logs["rep_head_detached"]) == float(detached)
+        assert all(g is not None and float(g.abs().sum()) > 0 for g in rep.values())
+        same = all(torch.allclose(rest[k], no_lc[k], atol=1e-7) for k in rest)
+        assert same == detached, step
+        assert all(torch.allclose(rest[k], full[k], atol=1e-7) for k in rest) == (not detached), step
+
+
 def _same_weights(a, b) -> bool:
     """Parameters and buffers (BN statistics included) equal bit for bit."""
     return all(torch.equal(x, y) for x, y in zip(list(a.parameters()) + list(a.buffers()),

@@ -71,7 +71,9 @@ class SemiSupervised(MeanTeacher):
                 paste_mask, paste_partner = self.rare_class_paste(teacher["logits"][:b_l], y_l, b_u, gen)
                 x_mix = paste(paste_mask, paste_partner, x_mix, x_l)
                 mixes.append((paste_mask, paste_partner, True))
-        student = self.student_forward(torch.cat([x_l, x_mix]), with_rep=crit.needs_student_rep)
+        detach_rep = ctx.step - self.first_semi_step(ctx) < m.rep_head_detach_steps
+        student = self.student_forward(torch.cat([x_l, x_mix]), with_rep=crit.needs_student_rep,
+                                       **({"detach_rep": True} if detach_rep and crit.needs_student_rep else {}))
         loss_sup = self.supervised_loss(student["logits"][:b_l], y_l)
         t_rep, s_rep = teacher.get("rep"), student.get("rep")
         out = crit(
@@ -85,6 +87,8 @@ class SemiSupervised(MeanTeacher):
         ramp = self.unsup_weight(ctx)
         if m.unsup_rampup_steps:
             logs["unsup_weight"] = ramp
+        if m.rep_head_detach_steps:
+            logs["rep_head_detached"] = float(detach_rep)
         if m.rare_paste_prob > 0:
             logs.update({"paste_fraction": paste_mask.float().mean(), "per_class/confidence": self.class_confidence.clone()})
         return loss_sup + ramp * out["loss"], {"loss_sup": loss_sup.detach(), **logs}

@@ -27,9 +27,10 @@ class Segmentor(nn.Module):
         self.image_level = None  # weakly-supervised heads (models/image_level.py), attached by the WS recipes
 
     def forward(self, x: torch.Tensor, with_rep: bool = False, with_cam: bool = False,
-                with_features: bool = False) -> dict[str, torch.Tensor]:
+                with_features: bool = False, detach_rep: bool = False) -> dict[str, torch.Tensor]:
         """``logits`` [B, C, H/4, W/4]; with ``with_rep``, ``rep`` [B, D, H/4, W/4], L2-normalised
-        per pixel (as every similarity, prototype and memory-bank use needs); with ``with_cam``
+        per pixel (as every similarity, prototype and memory-bank use needs; with ``detach_rep``
+        computed from the decoder's features detached: its gradient trains the head alone); with ``with_cam``
         (weakly-supervised heads), ``cls_logits`` [B, C - 1], ``cams`` [B, C - 1, h, w] (Eq. 5)
         and ``affinity`` [B, h * w, h * w] on the encoder's last map; with ``with_features``,
         ``features``: the encoder's maps (e.g. for DAFormer's feature distance)."""
@@ -46,7 +47,7 @@ class Segmentor(nn.Module):
         if with_rep:
             if self.rep_head is None:
                 raise RuntimeError("this model was built without a representation head (model.rep_head=false)")
-            out["rep"] = F.normalize(self.rep_head(fmap), dim=1)
+            out["rep"] = F.normalize(self.rep_head(fmap.detach() if detach_rep else fmap), dim=1)
         return out
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
