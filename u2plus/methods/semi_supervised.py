@@ -73,7 +73,7 @@ class SemiSupervised(MeanTeacher):
                 mixes.append((paste_mask, paste_partner, True))
         detach_rep = ctx.step - self.first_semi_step(ctx) < m.rep_head_detach_steps
         student = self.student_forward(torch.cat([x_l, x_mix]), with_rep=crit.needs_student_rep,
-                                       **({"detach_rep": True} if detach_rep and crit.needs_student_rep else {}))
+                                       detach_rep=detach_rep)
         loss_sup = self.supervised_loss(student["logits"][:b_l], y_l)
         t_rep, s_rep = teacher.get("rep"), student.get("rep")
         out = crit(
